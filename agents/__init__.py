@@ -1,0 +1,1 @@
+"""Agents: personas with memory, tools and scheduled jobs."""

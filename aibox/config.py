@@ -1,0 +1,163 @@
+"""The one TOML config file, validated, and where the box keeps its state.
+
+The file is found from `--config`, then `AIBOX_CONFIG`, then the platform's usual
+config dir. With no file at all the box runs on defaults. A bad file stops start-up
+with a message naming the key and the problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aibox.secrets import Secret
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8642, ge=0, le=65535)
+    api_key: Secret | None = None
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class RuntimeConfig(_Section):
+    threads: int = Field(0, ge=0, description="0 means one per CPU core")
+    max_loaded: int = Field(2, ge=1, description="cap on models held in memory at once")
+    keep_alive_s: float = Field(600.0, ge=0, description="unload a model idle this long")
+    queue_size: int = Field(8, ge=1, description="requests waiting per model before 'busy'")
+    state_cache_mb: int = Field(256, ge=0, description="memory for saved chat KV states")
+    max_tokens: int = Field(1024, ge=1, description="default completion length")
+
+
+class StoreConfig(_Section):
+    url: str = ""
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(_Section):
+    """Everything the daemon reads from its config file."""
+
+    state_dir: Path | None = None
+    default_model: str = "smollm2-135m-instruct"
+    models_dir: Path | None = None
+    api: ApiConfig = ApiConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
+    connectors: dict[str, dict[str, Any]] = {}
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("state_dir", "models_dir")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        env = os.environ.get("AIBOX_STATE_DIR") or os.environ.get("STATE_DIRECTORY")
+        if env:
+            return Path(env.split(":")[0])
+        return _user_dir("XDG_STATE_HOME", ".local/state") / "aibox"
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.state_path / "models"
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_path / 'aibox.db'}"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.state_path / "admin.sock"
+
+    @property
+    def threads(self) -> int:
+        return self.runtime.threads or os.cpu_count() or 1
+
+
+def _user_dir(env: str, fallback: str) -> Path:
+    base = os.environ.get(env)
+    return Path(base) if base else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    """The platform's usual place: /etc/aibox for root (the service), XDG for users."""
+    if sys.platform.startswith("linux") and os.geteuid() == 0:
+        return Path(os.environ.get("CONFIGURATION_DIRECTORY", "/etc/aibox")) / "aibox.toml"
+    return _user_dir("XDG_CONFIG_HOME", ".config") / "aibox" / "aibox.toml"
+
+
+def find_config_path(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("AIBOX_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return default_config_path()
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Loads and validates the config; an explicitly named file must exist."""
+    explicit = path is not None or bool(os.environ.get("AIBOX_CONFIG"))
+    cfg_path = find_config_path(path)
+    if not cfg_path.exists():
+        if explicit:
+            raise ConfigError(f"config file {cfg_path} does not exist")
+        return Config()
+    try:
+        data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{cfg_path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{cfg_path}: cannot read: {e.strerror}") from None
+    config = parse_config(data, origin=str(cfg_path))
+    config.source = cfg_path
+    return config
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: {describe_validation_error(e)}") from None
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line per problem, each naming the dotted key, without echoing secret values."""
+    problems = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(f"key '{key}': {msg}")
+    return "; ".join(problems)

@@ -1,0 +1,6 @@
+"""The box's database: SQLAlchemy 2.x over SQLite (WAL) by default, any SQLAlchemy URL accepted."""
+
+from aibox.store.db import Store
+from aibox.store.schema import Base
+
+__all__ = ["Base", "Store"]

@@ -1,0 +1,1 @@
+"""Messaging connectors: Telegram, Discord, Slack and WhatsApp."""
