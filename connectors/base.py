@@ -64,6 +64,7 @@ class Connector(abc.ABC):
 
     platform: str
     max_text: int
+    supports_edit: bool = True  # False: the reply streamer sends finished pieces instead of editing
 
     @abc.abstractmethod
     async def start(self, sink: MessageSink) -> None: ...

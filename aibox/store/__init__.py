@@ -4,3 +4,4 @@ from aibox.store.db import Store
 from aibox.store.schema import Base
 
 __all__ = ["Base", "Store"]
+import connectors.tables  # noqa: E402,F401  (registers the connectors tables on Base)
