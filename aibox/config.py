@@ -48,6 +48,7 @@ class RuntimeConfig(_Section):
     keep_alive_s: float = Field(600.0, ge=0, description="unload a model idle this long")
     queue_size: int = Field(8, ge=1, description="requests waiting per model before 'busy'")
     state_cache_mb: int = Field(256, ge=0, description="memory for saved chat KV states")
+    kv_reuse: bool = Field(True, description="reuse the KV cache of earlier turns (off only to measure it)")
     max_tokens: int = Field(1024, ge=1, description="default completion length")
 
 
@@ -58,6 +59,16 @@ class StoreConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
+    dir: Path | None = Field(None, description="where aibox.log goes; default: $LOGS_DIRECTORY, else <state_dir>/logs")
+
+
+class ServiceConfig(_Section):
+    """What `aibox service install` writes into the systemd unit."""
+
+    memory_max: str = Field("8G", pattern=r"^(\d+[KMGT]?|\d{1,3}%|infinity)$", description="systemd MemoryMax=")
+    watchdog_s: int = Field(60, ge=5, description="systemd WatchdogSec=; the daemon pings at half of it")
+    stop_timeout_s: int = Field(30, ge=5, description="systemd TimeoutStopSec=: the daemon's grace period on SIGTERM")
+    user: str = Field("aibox", pattern=r"^[a-z_][a-z0-9_-]{0,30}$", description="system user and group the service runs as")
 
 
 class Config(_Section):
@@ -70,6 +81,7 @@ class Config(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     store: StoreConfig = StoreConfig()
     logging: LoggingConfig = LoggingConfig()
+    service: ServiceConfig = ServiceConfig()
     connectors: dict[str, dict[str, Any]] = {}
     source: Path | None = Field(None, exclude=True)
 
@@ -98,6 +110,13 @@ class Config(_Section):
     @property
     def admin_socket(self) -> Path:
         return self.state_path / "admin.sock"
+
+    @property
+    def logs_path(self) -> Path:
+        if self.logging.dir is not None:
+            return self.logging.dir.expanduser()
+        env = os.environ.get("LOGS_DIRECTORY")
+        return Path(env.split(":")[0]) if env else self.state_path / "logs"
 
     @property
     def threads(self) -> int:

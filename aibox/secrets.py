@@ -104,3 +104,25 @@ def redact(text: str) -> str:
         if value in text:
             text = text.replace(value, MASK)
     return text
+
+
+_SECRET_KEYS = ("token", "secret", "password", "api_key", "apikey", "key")
+
+
+def config_secrets(api_key: Secret | None, connectors: dict[str, Any]) -> list[tuple[str, Secret]]:
+    """Every secret a config refers to, by dotted key: the API key, and in the free-form
+    connector sections any value written as a reference or held under a secret-like key."""
+    found: list[tuple[str, Secret]] = [("api.api_key", api_key)] if api_key is not None else []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(value, str) and value:
+            secret = Secret(value)
+            leaf = prefix.rsplit(".", 1)[-1].lower()
+            if secret.kind != "literal" or leaf.endswith(_SECRET_KEYS):
+                found.append((prefix, secret))
+
+    walk("connectors", connectors)
+    return found
