@@ -77,7 +77,7 @@ class _Client(discord.Client):
         self.owner._connected()
 
     async def on_disconnect(self) -> None:
-        self.owner._set_health("degraded", "gateway disconnected; reconnecting")
+        self.owner._disconnected()
 
     async def on_message(self, message: discord.Message) -> None:
         await self.owner._on_message(self, message)
@@ -86,6 +86,7 @@ class _Client(discord.Client):
 class DiscordConnector(Connector):
     platform = "discord"
     max_text = 2000
+    settings_model = DiscordSettings
 
     def __init__(self, settings: DiscordSettings) -> None:
         self.settings = settings
@@ -172,6 +173,10 @@ class DiscordConnector(Connector):
     def _connected(self) -> None:
         self._set_health("ok", "gateway connected")
         self._settled.set()
+
+    def _disconnected(self) -> None:
+        if self._health.state == "ok":
+            self._set_health("degraded", "gateway disconnected; reconnecting")
 
     def _fail(self, detail: str) -> None:
         log.error("discord connector cannot run: %s", detail)
