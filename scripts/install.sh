@@ -25,6 +25,17 @@ else
 fi
 
 # llama-cpp-python compiles llama.cpp (about 4 minutes on 2 cores); pip caches the wheel.
+# Native CPU flags, minus AMX: on some virtual machines the CPU advertises AMX but the
+# kernel does not grant it, and llama.cpp's AMX matmul then crashes on any batch of more
+# than one token. NVIDIA machines get the CUDA backend.
+if [ -z "${CMAKE_ARGS:-}" ]; then
+    if command -v nvcc >/dev/null 2>&1 && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        export CMAKE_ARGS="-DGGML_CUDA=on"
+    elif [ "$(uname -m)" = "x86_64" ]; then
+        noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        export CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'"
+    fi
+fi
 if [ -n "$extras" ]; then
     "${pip[@]}" -e ".[$extras]"
 else

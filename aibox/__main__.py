@@ -1,0 +1,3 @@
+from aibox.cli.main import main
+
+main()

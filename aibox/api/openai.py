@@ -1,0 +1,273 @@
+"""The OpenAI-compatible HTTP API: chat completions (streaming and not), models, health,
+readiness and Prometheus metrics. Any OpenAI client library works against it."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from aibox.api.errors import ApiError
+from aibox.metrics import CONTENT_TYPE
+from models.catalog import CatalogError
+from models.chat_template import TemplateRenderError
+from models.pool import BusyError, ModelUnavailableError, Stream
+from models.runtime import ContextLengthError, SamplingParams
+
+if TYPE_CHECKING:
+    from aibox.daemon import Daemon
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's request this box honours; unknown fields are ignored as
+    OpenAI does, wrong types of known fields are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def sampling(self, default_max: int) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or default_max,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=stop,
+        )
+
+
+def build_app(daemon: "Daemon") -> Starlette:
+    api = _Api(daemon)
+    routes = [
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/models", api.list_models, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_allowed})
+    return app
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _not_found(request: Request, _exc: Exception) -> Response:
+    return ApiError(404, f"no route {request.url.path}", code="not_found").response()
+
+
+async def _not_allowed(request: Request, _exc: Exception) -> Response:
+    return ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed").response()
+
+
+class _Api:
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.config = daemon.config
+
+    def _authorize(self, request: Request) -> None:
+        key = self.daemon.api_key
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <key>)", type="authentication_error", code="invalid_api_key")
+
+    async def _read_json(self, request: Request) -> Any:
+        limit = self.config.api.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large")
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+        except ClientDisconnect:
+            raise ApiError(400, "client disconnected while sending the body") from None
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ApiError(400, f"body is not valid JSON: {e}", code="invalid_json") from None
+
+    async def chat_completions(self, request: Request) -> Response:
+        self._authorize(request)
+        data = await self._read_json(request)
+        if not isinstance(data, dict):
+            raise ApiError(400, "body must be a JSON object", code="invalid_request")
+        try:
+            req = ChatCompletionRequest.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            param = ".".join(str(p) for p in err["loc"])
+            raise ApiError(400, f"'{param}': {err['msg']}", param=param, code="invalid_value") from None
+        model = req.model or self.config.default_model
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        stream = await self._open(model, messages, req.sampling(self.config.runtime.max_tokens))
+        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(
+                self._sse(stream, completion_id, created, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            text = await stream.text()
+        finally:
+            stream.cancel()
+        stats = stream.stats
+        assert stats is not None
+        self.daemon.record(stream.model, stats, source="api")
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": stream.model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish(stats.finish_reason)}
+                ],
+                "usage": _usage(stats),
+            }
+        )
+
+    async def _open(self, model: str, messages: list[dict], params: SamplingParams) -> Stream:
+        try:
+            return await self.daemon.pool.stream(model, messages, params)
+        except CatalogError as e:
+            raise ApiError(404, str(e), code="model_not_found", param="model") from None
+        except ContextLengthError as e:
+            raise ApiError(400, str(e), code="context_length_exceeded", param="messages") from None
+        except TemplateRenderError as e:
+            raise ApiError(400, str(e), code="invalid_messages", param="messages") from None
+        except BusyError as e:
+            raise ApiError(
+                503, str(e), type="server_busy", code="model_busy", headers={"Retry-After": str(int(e.retry_after + 0.999))}
+            ) from None
+        except ModelUnavailableError as e:
+            raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
+
+    async def _sse(self, stream: Stream, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
+        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+            body: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": stream.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+            }
+            if usage is not None:
+                body["usage"] = usage
+            return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for piece in stream:
+                yield chunk({"content": piece})
+            stats = stream.stats
+            assert stats is not None
+            yield chunk({}, _finish(stats.finish_reason))
+            if include_usage:
+                yield chunk({}, usage=_usage(stats))
+            yield b"data: [DONE]\n\n"
+            self.daemon.record(stream.model, stats, source="api")
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        except Exception as e:  # the status line is gone; report in-band as OpenAI does
+            stream.cancel()
+            yield b"data: " + json.dumps({"error": {"message": str(e), "type": "server_error"}}).encode() + b"\n\n"
+        finally:
+            stream.cancel()
+
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        loaded = self.daemon.pool.loaded
+        data = [
+            {
+                "id": card.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "aibox",
+                "roles": card.roles,
+                "loaded": card.name in loaded,
+                "available": self.daemon.model_available(card),
+            }
+            for card in self.daemon.catalog
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        if self.daemon.ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "starting"}, status_code=503)
+
+    async def metrics(self, request: Request) -> Response:
+        self._authorize(request)
+        return Response(self.daemon.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(stats) -> dict:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+    }

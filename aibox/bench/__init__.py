@@ -1,0 +1,1 @@
+"""Benchmarks behind `aibox bench …`: figures measured side by side in one run."""

@@ -1,0 +1,1 @@
+"""The `aibox` command line."""

@@ -1,0 +1,54 @@
+"""`aibox bench …`: speed figures measured side by side in one run on this machine."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from aibox.cli.common import EXIT_NOINPUT, console, err_console, fail, get_config
+from aibox.cli.models import card_or_fail
+from models.files import is_present
+
+app = typer.Typer(help="Benchmarks: runtime, and more as features land.", no_args_is_help=True)
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        path.write_text(jsonlib.dumps(data, indent=2, default=str))
+        err_console.print(f"wrote {path}")
+
+
+@app.command("runtime")
+def runtime(
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", "-m", help="Model to measure (default: the default model)."),
+    max_tokens: int = typer.Option(128, help="Tokens per completion."),
+    rounds: int = typer.Option(2, help="Rounds over the prompt set."),
+    json: Path = typer.Option(None, "--json", help="Also write the full results to this JSON file."),
+) -> None:
+    """Daemon vs raw llama-cpp-python tokens/s and TTFT; turn-10 TTFT with and without KV reuse."""
+    from aibox.bench.runtime import bench_runtime
+
+    config = get_config(ctx)
+    card = card_or_fail(config, model or config.default_model)
+    if not is_present(card, config.models_path):
+        fail(f"{card.name} is not on this box; run `aibox models pull {card.name}`", EXIT_NOINPUT)
+    with console.status("benchmarking") as status:
+        result = bench_runtime(card, config.models_path, config.threads, max_tokens, rounds, progress=lambda m: status.update(m))
+    write_json(json, result)
+    console.print(f"model {result['model']} on {result['machine']['summary']}")
+    table = Table("path", "tok/s (median)", "TTFT ms (median)")
+    table.add_row("raw llama-cpp-python", f"{result['raw']['tok_s']:.1f}", f"{result['raw']['ttft_s'] * 1000:.0f}")
+    table.add_row("aibox daemon (HTTP+SSE)", f"{result['daemon']['tok_s']:.1f}", f"{result['daemon']['ttft_s'] * 1000:.0f}")
+    console.print(table)
+    console.print(f"daemon overhead on tokens/s: {result['daemon_overhead_pct']:+.1f}%  (target < 5%)")
+    console.print(f"identical greedy outputs: {result['identical_outputs']}")
+    reuse = result["kv_reuse"]
+    table = Table("turn 10 of a chat", "TTFT ms")
+    table.add_row("with KV reuse", f"{reuse['with_reuse']['turn10_ttft_s'] * 1000:.0f}")
+    table.add_row("without KV reuse", f"{reuse['without_reuse']['turn10_ttft_s'] * 1000:.0f}")
+    console.print(table)
+    console.print(f"turn-10 TTFT speedup from reuse: {result['turn10_ttft_speedup']:.1f}x  (target >= 3x)")

@@ -1,0 +1,139 @@
+"""`aibox models …`: the catalog and the model files on this box."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from aibox.cli.common import EXIT_DATAERR, EXIT_FAILURE, EXIT_NOINPUT, JsonOption, console, err_console, fail, get_config, print_json
+from aibox.config import Config
+from models.catalog import Catalog, CatalogError, ModelCard
+from models.files import PullError, VerifyError, is_present, model_path, pull, remove, verify
+
+app = typer.Typer(help="List, pull, verify, inspect and remove models.", no_args_is_help=True)
+
+
+def catalog(config: Config) -> Catalog:
+    try:
+        return Catalog.load(config.state_path / "cards")
+    except CatalogError as e:
+        fail(str(e), EXIT_FAILURE)
+
+
+def card_or_fail(config: Config, name: str) -> ModelCard:
+    try:
+        return catalog(config).get(name)
+    except CatalogError as e:
+        fail(str(e), EXIT_NOINPUT)
+
+
+def card_summary(card: ModelCard, config: Config) -> dict:
+    path = model_path(card, config.models_path) if card.is_local else None
+    return {
+        "name": card.name,
+        "roles": card.roles,
+        "size": card.size,
+        "license": card.license,
+        "context_length": card.context_length,
+        "remote": card.remote.base_url if card.remote else None,
+        "present": card.is_local and is_present(card, config.models_path),
+        "path": str(path) if path else None,
+    }
+
+
+@contextmanager
+def byte_progress(description: str, enabled: bool) -> Iterator:
+    """A progress bar on stderr (kept off stdout so --json output stays clean)."""
+    if not enabled:
+        yield lambda _done, _total: None
+        return
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+@app.command("list")
+def list_models(ctx: typer.Context, json: bool = JsonOption) -> None:
+    """List the models in the catalog and whether each is on this box."""
+    config = get_config(ctx)
+    rows = [card_summary(c, config) for c in catalog(config)]
+    if json:
+        print_json(rows)
+        return
+    table = Table("name", "roles", "size", "present", "license")
+    for r in rows:
+        size = f"{r['size'] / 1e6:,.0f} MB" if r["size"] else "remote"
+        table.add_row(r["name"], ",".join(r["roles"]), size, "yes" if r["present"] else "no", r["license"])
+    console.print(table)
+
+
+@app.command("pull")
+def pull_model(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
+    """Download a model from its sources and verify its sha256 before it is used."""
+    config = get_config(ctx)
+    card = card_or_fail(config, name)
+    with byte_progress(f"pulling {name}", enabled=not json) as progress:
+        try:
+            path = pull(card, config.models_path, progress=progress, log=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+        except PullError as e:
+            fail(str(e), EXIT_FAILURE)
+    if json:
+        print_json({"name": name, "path": str(path), "sha256": card.sha256, "verified": True})
+    else:
+        console.print(f"{name}: {path} (sha256 verified)")
+
+
+@app.command("verify")
+def verify_model(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
+    """Hash the model file and compare it with its card. Exit 65 on a mismatch."""
+    config = get_config(ctx)
+    card = card_or_fail(config, name)
+    with byte_progress(f"hashing {name}", enabled=not json) as progress:
+        try:
+            path = verify(card, config.models_path, progress=progress, force=True)
+            ok, detail = True, str(path)
+        except VerifyError as e:
+            ok, detail = False, str(e)
+    if json:
+        print_json({"name": name, "ok": ok, "detail": detail, "sha256": card.sha256})
+    elif ok:
+        console.print(f"{name}: ok ({detail})")
+    if not ok:
+        if not json:
+            fail(detail, EXIT_DATAERR)
+        raise typer.Exit(EXIT_DATAERR)
+
+
+@app.command("info")
+def info(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
+    """Show a model's card and its state on this box."""
+    config = get_config(ctx)
+    card = card_or_fail(config, name)
+    data = card.model_dump(mode="json") | card_summary(card, config)
+    if json:
+        print_json(data)
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("name", "description", "roles", "file", "size", "sha256", "license", "context_length", "present", "path"):
+        table.add_row(key, str(data.get(key)))
+    table.add_row("sources", "\n".join(s.get("url") or s.get("type") for s in data["sources"]))
+    console.print(table)
+
+
+@app.command("rm")
+def rm(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
+    """Delete a model's file (the card stays in the catalog)."""
+    config = get_config(ctx)
+    card = card_or_fail(config, name)
+    removed = remove(card, config.models_path)
+    if json:
+        print_json({"name": name, "removed": removed})
+    elif removed:
+        console.print(f"{name}: removed")
+    else:
+        fail(f"{name} is not on this box", EXIT_NOINPUT)

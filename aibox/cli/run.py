@@ -1,0 +1,40 @@
+"""`aibox run`: the daemon in the foreground (systemd runs exactly this)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from aibox.cli.common import EXIT_CONFIG, EXIT_FAILURE, err_console, fail, get_config
+from aibox.cli.models import byte_progress, card_or_fail
+from aibox.config import ConfigError
+from aibox.daemon import Daemon, StartupError
+from aibox.logs import setup_logging
+from models.files import PullError, is_present, pull
+from models.pool import ModelUnavailableError
+
+
+def run(
+    ctx: typer.Context,
+    host: str = typer.Option(None, help="Listen address of the HTTP API (overrides [api] host)."),
+    port: int = typer.Option(None, help="Port of the HTTP API (overrides [api] port)."),
+    pull_default: bool = typer.Option(True, "--pull/--no-pull", help="Pull the default model first if it is missing."),
+) -> None:
+    """Run the box: models, HTTP API on loopback, admin socket, connectors."""
+    config = get_config(ctx)
+    setup_logging(config.logging.level, config.logging.format, config.logs_path)
+    card = card_or_fail(config, config.default_model)
+    if pull_default and card.is_local and not is_present(card, config.models_path):
+        with byte_progress(f"pulling default model {card.name}", enabled=err_console.is_terminal) as progress:
+            try:
+                pull(card, config.models_path, progress=progress, log=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+            except PullError as e:
+                fail(str(e))
+    try:
+        daemon = Daemon(config, host=host, port=port)
+        asyncio.run(daemon.run())
+    except ConfigError as e:
+        fail(str(e), EXIT_CONFIG)
+    except (StartupError, ModelUnavailableError, OSError) as e:
+        fail(f"cannot start: {e}", EXIT_FAILURE)

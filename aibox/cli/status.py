@@ -1,0 +1,25 @@
+"""`aibox status`: what the running daemon is doing."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from aibox.cli.client import admin_call
+from aibox.cli.common import JsonOption, console, get_config, print_json
+
+
+def status(ctx: typer.Context, json: bool = JsonOption) -> None:
+    """Show uptime, loaded models with their speed and queues, and the API address."""
+    data = admin_call(get_config(ctx), "GET", "/status")
+    if json:
+        print_json(data)
+        return
+    console.print(f"aibox {data['version']}  ready={data['ready']}  uptime {data['uptime_s']:.0f} s  api {data['api']}")
+    table = Table("model", "queue", "tok/s", "idle s")
+    for m in data["models"]:
+        table.add_row(m["name"], f"{m['queue_depth']}/{m['queue_size']}", f"{m['tokens_per_s']:.1f}", f"{m['idle_s']:.0f}")
+    console.print(table)
+    for section, value in data.items():
+        if section not in ("version", "ready", "uptime_s", "api", "models", "default_model", "state_dir"):
+            console.print(f"[bold]{section}[/bold]: {value}")

@@ -1,0 +1,250 @@
+"""Loaded models, each on its own worker thread, streamed to asyncio.
+
+The pool loads a model on first use, keeps at most `max_loaded` in memory, unloads the
+ones idle longer than `keep_alive_s`, and gives every model a bounded queue: when it is
+full, the caller gets `BusyError` with a retry hint at once instead of waiting forever or
+growing memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.catalog import Catalog, ModelCard
+from models.chat_template import Message
+from models.files import VerifyError, verify
+from models.runtime import GenerationStats, LocalModel, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class BusyError(Exception):
+    """The model's queue is full; try again after `retry_after` seconds."""
+
+    def __init__(self, model: str, retry_after: float) -> None:
+        super().__init__(f"{model} is busy: its queue is full; retry in {retry_after:.0f} s")
+        self.model = model
+        self.retry_after = retry_after
+
+
+class ModelUnavailableError(Exception):
+    """The model cannot be loaded (file missing or corrupt, or not a local model)."""
+
+
+@dataclass
+class PoolSettings:
+    models_dir: Path
+    threads: int
+    n_ctx: int = 8192
+    max_loaded: int = 2
+    keep_alive_s: float = 600.0
+    queue_size: int = 8
+    state_cache_bytes: int = 256 << 20
+    kv_reuse: bool = True
+
+
+class _Job:
+    _DONE = object()
+
+    def __init__(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop) -> None:
+        self.prompt = prompt
+        self.params = params
+        self.loop = loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.stats: GenerationStats | None = None
+
+    def put(self, item: object) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class Stream:
+    """An answer being generated: iterate for text pieces; `stats` is set at the end.
+
+    Closing the stream early (or the consumer going away) cancels the generation."""
+
+    def __init__(self, worker: "ModelWorker", job: _Job) -> None:
+        self._worker = worker
+        self._job = job
+        self.model = worker.card.name
+        self.prompt_tokens = len(job.prompt)
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self._job.stats
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                item = await self._job.events.get()
+                if item is _Job._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._job.cancel.set()
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self])
+
+    def cancel(self) -> None:
+        self._job.cancel.set()
+
+
+class ModelWorker:
+    """One loaded model and the thread that runs its jobs one after another."""
+
+    def __init__(self, model: LocalModel, queue_size: int, on_finished: Callable[[str, GenerationStats], None]) -> None:
+        self.model = model
+        self.card = model.card
+        self.queue_size = queue_size
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._on_finished = on_finished
+        self.last_used = time.monotonic()
+        self.recent_tok_s = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"model-{self.card.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting or running."""
+        with self._lock:
+            return self._pending
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
+        self.model.check_fits(prompt)
+        with self._lock:
+            if self._pending >= self.queue_size:
+                raise BusyError(self.card.name, retry_after=self._retry_hint())
+            self._pending += 1
+        self.last_used = time.monotonic()
+        job = _Job(prompt, params, asyncio.get_running_loop())
+        self._jobs.put(job)
+        return Stream(self, job)
+
+    def _retry_hint(self) -> float:
+        return max(1.0, min(60.0, self._pending * 5.0))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if job.cancel.is_set():
+                    continue
+                job.stats = self.model.generate(job.prompt, job.params, job.put, job.cancel.is_set)
+                if job.stats.tokens_per_s:
+                    self.recent_tok_s = job.stats.tokens_per_s
+                self._on_finished(self.card.name, job.stats)
+            except Exception as e:  # surfaced to the awaiting consumer, never kills the thread
+                log.exception("generation failed on %s", self.card.name)
+                job.put(e)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                self.last_used = time.monotonic()
+                job.put(_Job._DONE)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+        self.model.close()
+
+
+class ModelPool:
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: PoolSettings,
+        on_finished: Callable[[str, GenerationStats], None] = lambda _m, _s: None,
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self._on_finished = on_finished
+        self._workers: dict[str, ModelWorker] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> dict[str, ModelWorker]:
+        return dict(self._workers)
+
+    async def worker(self, name: str) -> ModelWorker:
+        """The running worker for a model, loading it (and evicting an idle one) if needed."""
+        if name in self._workers:
+            return self._workers[name]
+        async with self._lock:
+            if name in self._workers:
+                return self._workers[name]
+            card = self.catalog.get(name)
+            if not card.is_local:
+                raise ModelUnavailableError(f"{name} is a remote model; it does not run in this pool")
+            await self._make_room()
+            model = await asyncio.to_thread(self._load, card)
+            worker = ModelWorker(model, self.settings.queue_size, self._on_finished)
+            self._workers[name] = worker
+            return worker
+
+    def _load(self, card: ModelCard) -> LocalModel:
+        try:
+            path = verify(card, self.settings.models_dir)
+        except VerifyError as e:
+            raise ModelUnavailableError(str(e)) from None
+        log.info("loading model", extra={"model": card.name, "path": str(path)})
+        return LocalModel(
+            card,
+            path,
+            threads=self.settings.threads,
+            n_ctx=self.settings.n_ctx,
+            state_cache_bytes=self.settings.state_cache_bytes,
+            kv_reuse=self.settings.kv_reuse,
+        )
+
+    async def _make_room(self) -> None:
+        while len(self._workers) >= self.settings.max_loaded:
+            idle = [w for w in self._workers.values() if w.depth == 0]
+            if not idle:
+                busiest = min(self._workers.values(), key=lambda w: w.depth)
+                raise BusyError(busiest.card.name, retry_after=busiest._retry_hint())
+            victim = min(idle, key=lambda w: w.last_used)
+            await self.unload(victim.card.name)
+
+    async def unload(self, name: str) -> bool:
+        worker = self._workers.pop(name, None)
+        if worker is None:
+            return False
+        log.info("unloading model", extra={"model": name})
+        await asyncio.to_thread(worker.close)
+        return True
+
+    async def stream(self, name: str, messages: Sequence[Message], params: SamplingParams) -> Stream:
+        worker = await self.worker(name)
+        prompt = await asyncio.to_thread(worker.model.chat_tokens, messages)
+        return worker.submit(prompt, params)
+
+    async def reap_idle(self) -> list[str]:
+        """Unloads models idle longer than keep-alive; returns their names."""
+        now = time.monotonic()
+        expired = [
+            name
+            for name, w in self._workers.items()
+            if w.depth == 0 and now - w.last_used > self.settings.keep_alive_s
+        ]
+        for name in expired:
+            await self.unload(name)
+        return expired
+
+    async def close(self) -> None:
+        for name in list(self._workers):
+            await self.unload(name)
