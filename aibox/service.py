@@ -72,17 +72,23 @@ def require_manageable() -> None:
 
 
 def aibox_executable() -> Path:
-    """The `aibox` entry point of the environment we run from; the unit must not point into a
-    home directory, which ProtectHome= hides from the service."""
+    """The `aibox` entry point of the environment we run from."""
     candidate = Path(sys.executable).parent / "aibox"
     exe = candidate if candidate.is_file() else Path(shutil.which("aibox") or "")
     if not exe.is_file():
         raise ServiceError("cannot find the `aibox` executable next to this Python; reinstall with scripts/install.sh")
-    exe = exe.absolute()
-    if str(exe).startswith(HOME_PREFIXES):
-        raise ServiceError(f"{exe} is inside a home directory, which the hardened service cannot read; "
-                           "install AIBox under /opt (scripts/install.sh with AIBOX_VENV=/opt/aibox/.venv)")
-    return exe
+    check_outside_homes(exe.absolute(), Path(sys.executable).resolve())
+    return exe.absolute()
+
+
+def check_outside_homes(*paths: Path) -> None:
+    """ProtectHome= hides /home, /root and /run/user from the service, so neither the entry
+    point nor the interpreter behind the venv (often a pyenv build in /root) may live there."""
+    for path in paths:
+        if str(path).startswith(HOME_PREFIXES):
+            raise ServiceError(f"{path} is inside a home directory, which the hardened service cannot read; "
+                               "install AIBox with a system Python under /opt "
+                               "(PYTHON=/usr/bin/python3 AIBOX_VENV=/opt/aibox/.venv scripts/install.sh)")
 
 
 def credential_names(config: Config) -> list[str]:
