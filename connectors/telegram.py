@@ -1,0 +1,262 @@
+"""Telegram through python-telegram-bot's `Bot`, with long polling.
+
+The Bot API does the talking (request encoding, error mapping); the polling loop is our
+own rather than PTB's `Updater`, for two reasons: a single malformed update must be
+skipped instead of wedging the offset (PTB's updater re-fetches the same batch forever
+when one update fails to parse), and reconnects need our backoff with jitter and a
+health state `aibox status` can show.
+
+Updates are fetched raw and parsed one by one; the offset moves past every update seen,
+parsed or not, and is confirmed with a last `getUpdates(timeout=0)` on stop so that a
+restart does not replay old messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from datetime import timedelta
+from typing import Any
+
+from pydantic import Field
+from telegram import Bot, Message, ReplyParameters, Update
+from telegram.constants import ChatAction, MessageEntityType
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBUserWarning
+
+from aibox.secrets import Secret, redact
+from connectors.base import Attachment, Connector, Health, InboundMessage, MessageSink
+from connectors.errors import ConnectorError, RateLimited, TransientError
+from connectors.reply import RetryPolicy
+from connectors.settings import ConnectorSettings
+
+log = logging.getLogger(__name__)
+
+# We call getUpdates through `do_api_request` to get the raw list (see the module doc);
+# PTB advises using `get_updates` instead, which is exactly what we cannot do here.
+warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
+
+
+class TelegramSettings(ConnectorSettings):
+    token: Secret = Field(description="bot token from @BotFather")
+    base_url: str = Field("https://api.telegram.org/bot", description="Bot API base; the token is appended")
+    base_file_url: str = "https://api.telegram.org/file/bot"
+    poll_timeout_s: int = Field(30, ge=0, le=50, description="how long one getUpdates long poll waits")
+    request_timeout_s: float = Field(15.0, gt=0, description="connect/read timeout of ordinary calls")
+
+
+class TelegramConnector(Connector):
+    platform = "telegram"
+    max_text = 4096
+    settings_model = TelegramSettings
+
+    def __init__(self, settings: TelegramSettings) -> None:
+        self.settings = settings
+        self.bot: Bot | None = None
+        self._health = Health("stopped")
+        self._sink: MessageSink | None = None
+        self._offset: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._backoff = RetryPolicy(base_delay=1.0, max_delay=30.0)
+
+    async def start(self, sink: MessageSink) -> None:
+        self._sink = sink
+        self._health = Health("starting")
+        timeout = self.settings.request_timeout_s
+        self.bot = Bot(
+            self.settings.token.get(),
+            base_url=self.settings.base_url,
+            base_file_url=self.settings.base_file_url,
+            request=HTTPXRequest(connection_pool_size=64, read_timeout=timeout, connect_timeout=timeout, pool_timeout=timeout),
+            get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=timeout, connect_timeout=timeout),
+        )
+        try:
+            await self._connect()
+        except (InvalidToken, Forbidden) as e:
+            self._set("failed", f"Telegram rejected the bot token: {e}")
+            return
+        except TelegramError as e:
+            self._set("degraded", f"cannot reach Telegram yet, retrying: {e}")
+        self._task = asyncio.create_task(self._poll_forever(), name="telegram-poll")
+
+    async def _connect(self) -> None:
+        assert self.bot is not None
+        await self.bot.initialize()
+        await self.bot.delete_webhook()
+        self._set("ok", f"polling as @{self.bot.username}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.bot is not None:
+            if self._offset is not None and self._health.state != "failed":
+                try:
+                    await self._get_updates(timeout=0)
+                except TelegramError as e:
+                    log.info("could not confirm the last Telegram update on stop: %s", redact(str(e)))
+            await self.bot.shutdown()
+        self._set("stopped", "")
+
+    def health(self) -> Health:
+        return self._health
+
+    async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
+        reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True) if reply_to else None
+        message = await self._call(self._bot.send_message(chat_id, text, reply_parameters=reply))
+        return str(message.message_id)
+
+    async def edit(self, chat_id: str, message_id: str, text: str) -> None:
+        try:
+            await self._call(self._bot.edit_message_text(text, chat_id=chat_id, message_id=int(message_id)))
+        except ConnectorError as e:
+            if "message is not modified" not in str(e).lower():
+                raise
+
+    async def typing(self, chat_id: str) -> None:
+        await self._call(self._bot.send_chat_action(chat_id, ChatAction.TYPING))
+
+    @property
+    def _bot(self) -> Bot:
+        if self.bot is None:
+            raise ConnectorError("the Telegram connector is not started")
+        return self.bot
+
+    async def _call(self, call: Any) -> Any:
+        """Maps PTB's exceptions onto the ones the reply streamer understands."""
+        try:
+            return await call
+        except RetryAfter as e:
+            raise RateLimited(_seconds(e), "Telegram flood control") from None
+        except (BadRequest, Forbidden, InvalidToken) as e:
+            raise ConnectorError(redact(str(e))) from None
+        except NetworkError as e:
+            raise TransientError(redact(str(e))) from None
+        except TelegramError as e:
+            raise ConnectorError(redact(str(e))) from None
+
+    async def _poll_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self._health.state != "ok":
+                    await self._connect()
+                updates = await self._get_updates(timeout=self.settings.poll_timeout_s)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except InvalidToken as e:
+                self._set("failed", f"Telegram rejected the bot token: {e}")
+                return
+            except RetryAfter as e:
+                self._set("degraded", "Telegram asked us to slow down")
+                await asyncio.sleep(_seconds(e))
+                continue
+            except Exception as e:  # network, conflict, bad answers: back off and reconnect
+                failures += 1
+                delay = self._backoff.backoff(min(failures, 8))
+                what = "another client is polling this bot" if isinstance(e, Conflict) else str(e)
+                self._set("degraded", f"polling failed ({what}); retrying in {delay:.1f} s")
+                await asyncio.sleep(delay)
+                continue
+            for raw in updates:
+                await self._dispatch(raw)
+
+    async def _get_updates(self, timeout: int) -> list[Any]:
+        result = await self._bot.do_api_request(
+            "getUpdates",
+            api_kwargs={"offset": self._offset, "timeout": timeout, "allowed_updates": ["message"]},
+            read_timeout=timeout + self.settings.request_timeout_s,
+        )
+        if not isinstance(result, list):
+            raise NetworkError(f"getUpdates answered {type(result).__name__}, not a list")
+        return result
+
+    async def _dispatch(self, raw: Any) -> None:
+        update_id = raw.get("update_id") if isinstance(raw, dict) else None
+        if isinstance(update_id, int):
+            self._offset = max(self._offset or 0, update_id + 1)
+        try:
+            update = Update.de_json(raw, self._bot)
+            msg = self._inbound(update.message) if update is not None and update.message else None
+        except Exception as e:  # one malformed update must not stop the others
+            log.warning("skipped a malformed Telegram update %r: %s", update_id, e)
+            return
+        if msg is None or self._sink is None:
+            return
+        try:
+            await self._sink(msg)
+        except Exception:
+            log.exception("the gateway failed on Telegram update %s", update_id)
+
+    def _inbound(self, m: Message) -> InboundMessage | None:
+        sender = m.from_user
+        if sender is None or sender.is_bot:
+            return None
+        text = m.text or m.caption or ""
+        return InboundMessage(
+            platform=self.platform,
+            chat_id=str(m.chat.id),
+            sender_id=str(sender.id),
+            message_id=str(m.message_id),
+            text=text,
+            sender_name=sender.full_name,
+            attachments=_attachments(m),
+            reply_to=str(m.reply_to_message.message_id) if m.reply_to_message else None,
+            is_direct=m.chat.type == "private",
+            mentions_bot=self._mentions_bot(m),
+        )
+
+    def _mentions_bot(self, m: Message) -> bool:
+        bot_id = self._bot.id
+        username = f"@{self._bot.username}".lower()
+        if m.reply_to_message and m.reply_to_message.from_user and m.reply_to_message.from_user.id == bot_id:
+            return True
+        entities = m.parse_entities() if m.text else m.parse_caption_entities()
+        for entity, value in entities.items():
+            if entity.type == MessageEntityType.MENTION and value.lower() == username:
+                return True
+            if entity.type == MessageEntityType.TEXT_MENTION and entity.user and entity.user.id == bot_id:
+                return True
+            if entity.type == MessageEntityType.BOT_COMMAND and value.lower().endswith(username):
+                return True
+        return False
+
+    def _set(self, state: str, detail: str) -> None:
+        if state != self._health.state or detail != self._health.detail:
+            if state in ("failed", "degraded"):
+                log.warning("telegram connector %s: %s", state, redact(detail))
+            self._health = Health(state, redact(detail))  # type: ignore[arg-type]
+
+
+def _seconds(e: RetryAfter) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = e.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _attachments(m: Message) -> tuple[Attachment, ...]:
+    found: list[Attachment] = []
+    if m.photo:
+        p = m.photo[-1]
+        found.append(Attachment("image", None, "image/jpeg", p.file_size, p.file_id))
+    for kind, media in (("document", m.document), ("audio", m.audio), ("voice", m.voice), ("video", m.video)):
+        if media is not None:
+            found.append(
+                Attachment(kind, getattr(media, "file_name", None), media.mime_type, media.file_size, media.file_id)
+            )
+    if m.sticker:
+        found.append(Attachment("sticker", m.sticker.emoji, None, m.sticker.file_size, m.sticker.file_id))
+    return tuple(found)

@@ -1,0 +1,288 @@
+"""The Telegram connector: the real python-telegram-bot against a local Bot API
+(tests/servers/telegram.py).
+
+The answers come from a scripted responder, not a model: these tests are about
+delivery, and the model's words do not matter here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from aibox.config import ConfigError
+from aibox.secrets import Secret
+from connectors.manager import load_settings
+from connectors.tables import AuditEntry
+from connectors.telegram import TelegramConnector, TelegramSettings
+from tests.servers.scripted import ScriptedResponder, wired
+from tests.servers.telegram import BOT_USERNAME, TelegramServer
+
+OWNER = 4242
+
+pytestmark = [
+    # Warnings our connector filters at import (pytest resets filters per test) and PTB's
+    # own notice about the type of RetryAfter.retry_after, raised inside PTB.
+    pytest.mark.filterwarnings("ignore:Please use 'Bot.getUpdates':UserWarning"),
+    pytest.mark.filterwarnings("ignore:Deprecated since version v22.2:DeprecationWarning"),
+]
+
+
+@pytest.fixture
+async def server():
+    async with TelegramServer() as s:
+        yield s
+
+
+def settings_for(server: TelegramServer, **overrides) -> TelegramSettings:
+    values = {
+        "token": Secret(server.token),
+        "base_url": server.base_url,
+        "base_file_url": server.base_file_url,
+        "poll_timeout_s": 2,
+        "allow_from": [str(OWNER)],
+        **overrides,
+    }
+    return TelegramSettings(**values)
+
+
+def fast(server: TelegramServer, **overrides) -> TelegramSettings:
+    """Settings with a short edit interval, for tests about what arrives rather than pacing."""
+    return settings_for(server, edit_interval_s=0.05, **overrides)
+
+
+async def test_dm_round_trip_streams_an_edited_reply(server: TelegramServer, tmp_path: Path) -> None:
+    settings = settings_for(server)
+    responder = ScriptedResponder(chunks=5, delay=0.4)
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        assert connector.health().state == "ok"
+        asked = server.user_message(OWNER, "hello there")
+        [reply] = await server.outbox.wait_for_text(str(OWNER), "You said: hello there", timeout=15)
+    assert reply.edits >= 1, "the reply should grow by edits while it streams"
+    assert reply.versions[-1] == "You said: hello there"
+    assert reply.reply_to == str(asked)
+    gaps = [b - a for a, b in zip(reply.version_times, reply.version_times[1:])]
+    assert all(g >= 0.9 for g in gaps), f"edits closer than one second apart: {gaps}"
+    assert str(OWNER) in server.outbox.typing
+    [call] = responder.calls
+    assert call.is_direct and call.sender_id == str(OWNER) and call.sender_name == "Test"
+    assert server.calls[:2] == ["getMe", "deleteWebhook"]
+    assert server.confirmed_offset >= 2, "the update must be confirmed so a restart does not replay it"
+
+
+LONG_ANSWER = (
+    "First paragraph. " * 150
+    + "\n\n```python\n"
+    + "".join(f"print('line {i}')\n" for i in range(200))
+    + "```\n\n"
+    + "Closing words, said plainly. " * 150
+)
+
+
+async def test_long_reply_is_split_under_the_limit_and_nothing_is_lost(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    responder = ScriptedResponder(answer=lambda m: LONG_ANSWER, chunks=6)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, "tell me a lot")
+        messages = await server.outbox.wait_for_text(str(OWNER), LONG_ANSWER, timeout=20)
+    assert len(messages) >= 3
+    assert all(len(m.text) <= 4096 for m in messages)
+    for m in messages:  # every message renders its code on its own: fences come in pairs
+        assert m.text.count("```") % 2 == 0, m.text
+
+
+async def test_unknown_sender_gets_a_pairing_code_and_no_answer_until_approved(
+    server: TelegramServer, tmp_path: Path
+) -> None:
+    settings = fast(server, allow_from=[])
+    responder = ScriptedResponder()
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path) as wiring:
+        server.user_message(777, "let me in")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat("777")) == 1)
+        [offer] = server.outbox.in_chat("777")
+        code = re.search(r"approve ([A-Z0-9]{8})", offer.text)
+        assert code is not None, offer.text
+        assert responder.calls == []
+        approved = wiring.pairing.approve(code.group(1))
+        assert (approved.sender_id, approved.role) == ("777", "owner")
+        server.user_message(777, "now?")
+        await server.outbox.wait_for(lambda: any(m.text == "You said: now?" for m in server.outbox.in_chat("777")))
+        for stranger in (801, 802, 803, 804):  # three codes may wait; the fourth stranger gets nothing
+            server.user_message(stranger, "hello?")
+        await server.outbox.wait_for(lambda: sum(len(server.outbox.in_chat(str(s))) for s in (801, 802, 803, 804)) == 3)
+        await asyncio.sleep(0.3)
+        await wiring.audit.flush()
+        with wiring.store.session() as s:
+            audit = list(s.scalars(select(AuditEntry)))
+    assert [m.text for m in responder.calls] == ["now?"]
+    assert [len(server.outbox.in_chat(str(s))) for s in (801, 802, 803, 804)] == [1, 1, 1, 0]
+    decisions = [(e.sender_id, e.decision) for e in audit]
+    assert ("777", "pairing_code_sent") in decisions and ("777", "accepted") in decisions
+    assert ("804", "pairing_refused") in decisions
+    assert not any("let me in" in e.detail or "now?" in e.detail for e in audit), "the audit log holds no content"
+
+
+async def test_a_429_in_the_middle_of_streaming_is_waited_out(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    server.faults.add("editMessageText", status=429, retry_after=1)
+    responder = ScriptedResponder(chunks=4, delay=0.15)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, "rate limit me")
+        [reply] = await server.outbox.wait_for_text(str(OWNER), "You said: rate limit me", timeout=15)
+    assert [f.status for f in server.faults.played] == [429]
+    assert reply.text == "You said: rate limit me"
+
+
+async def test_server_errors_are_retried_and_the_reply_arrives_once(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    server.faults.add("sendMessage", status=500)
+    server.faults.add("editMessageText", status=502)
+    responder = ScriptedResponder(chunks=3, delay=0.1)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, "break it")
+        [reply] = await server.outbox.wait_for_text(str(OWNER), "You said: break it", timeout=20)
+    assert len(server.faults.played) == 2
+    assert reply.text == "You said: break it"
+
+
+async def test_connection_dropped_mid_reply_reconnects_and_delivers_once(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    responder = ScriptedResponder(chunks=6, delay=0.25)
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        server.user_message(OWNER, "first question")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(str(OWNER))) == 1)
+        # Mid-reply: an edit is cut before Telegram sees it, another after Telegram applied
+        # it (the retry then meets "message is not modified"), and the long poll carrying
+        # the next question is cut after Telegram answered, so the update comes again.
+        server.faults.add("editMessageText", drop="before")
+        server.faults.add("editMessageText", drop="after")
+        server.faults.add("getUpdates", drop="after")
+        server.user_message(OWNER + 1, "second question", user_id=OWNER)
+        await server.outbox.wait_for_text(str(OWNER), "You said: first question", timeout=15)
+        await server.outbox.wait_for_text(str(OWNER + 1), "You said: second question", timeout=15)
+        await asyncio.sleep(0.3)
+        assert connector.health().state == "ok"
+    assert sorted(f.kind for f in server.faults.played) == ["drop_after", "drop_after", "drop_before"]
+    assert len(server.outbox.in_chat(str(OWNER))) == 1 and len(server.outbox.in_chat(str(OWNER + 1))) == 1
+    assert sorted(m.text for m in responder.calls) == ["first question", "second question"]
+
+
+async def test_malformed_updates_are_skipped_and_polling_goes_on(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    responder = ScriptedResponder()
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        server.garbage_next_poll()
+        server.raw_updates(
+            {"update_id": server.next_update_id(), "message": {"message_id": "x", "chat": "not a chat"}},
+            {"update_id": server.next_update_id(), "message": {"text": "no chat, no sender, no date"}},
+            "not even an object",
+        )
+        server.user_message(OWNER, "still there?")
+        await server.outbox.wait_for_text(str(OWNER), "You said: still there?", timeout=15)
+        assert connector.health().state == "ok"
+    assert [m.text for m in responder.calls] == ["still there?"]
+
+
+async def test_a_100000_character_message_arrives_whole(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    huge = ("0123456789" * 10_000)[:99_990] + "THE-END!!!"
+    assert len(huge) == 100_000
+    responder = ScriptedResponder(answer=lambda m: m.text)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, huge)
+        messages = await server.outbox.wait_for_text(str(OWNER), huge, timeout=30)
+    assert responder.calls[0].text == huge
+    assert len(messages) == 25 and all(len(m.text) <= 4096 for m in messages)
+
+
+async def test_emoji_rtl_and_zero_width_text_round_trips_exactly(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    text = "héllo 👩‍👩‍👧‍👦 🇺🇳 مرحبا بالعالم שלום zero\u200bwidth\u200d joiner \u2060 \u202eflipped\u202c ✔️"
+    responder = ScriptedResponder(answer=lambda m: m.text, chunks=7)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, text)
+        await server.outbox.wait_for(lambda: [m.text for m in server.outbox.in_chat(str(OWNER))] == [text], timeout=15)
+    assert responder.calls[0].text == text
+
+
+async def test_a_burst_of_100_messages_from_20_chats_gets_every_reply_once(
+    server: TelegramServer, tmp_path: Path
+) -> None:
+    senders = [600 + i for i in range(20)]
+    settings = fast(server, allow_from=[str(s) for s in senders], rate_limit_burst=10)
+    responder = ScriptedResponder(chunks=2)
+    sent: dict[str, str] = {}
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        for round_ in range(5):
+            for sender in senders:
+                text = f"chat {sender} message {round_}"
+                sent[f"{sender}:{server.user_message(sender, text)}"] = text
+        await server.outbox.wait_for(
+            lambda: sum(1 for m in server.outbox.all() if m.text.startswith("You said:")) >= 100, timeout=60
+        )
+        await asyncio.sleep(0.3)  # anything sent twice would show up by now
+    replies = server.outbox.all()
+    assert len(replies) == 100
+    assert sorted(f"{m.chat_id}:{m.reply_to}" for m in replies) == sorted(sent)
+    for m in replies:
+        assert m.text == f"You said: {sent[f'{m.chat_id}:{m.reply_to}']}"
+
+
+async def test_bots_are_ignored_and_groups_need_a_mention_and_an_allowlist(
+    server: TelegramServer, tmp_path: Path
+) -> None:
+    settings = fast(server, groups=["-300"])
+    responder = ScriptedResponder()
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, "I am a bot", is_bot=True)
+        server.user_message(-300, "chatter", user_id=OWNER, chat_type="group")
+        server.user_message(-301, "wrong group", user_id=OWNER, chat_type="group", mention=True)
+        server.user_message(-300, "what time is it?", user_id=OWNER, chat_type="group", mention=True)
+        await server.outbox.wait_for_text("-300", f"You said: @{BOT_USERNAME} what time is it?")
+        await asyncio.sleep(0.3)
+    [call] = responder.calls
+    assert not call.is_direct and call.mentions_bot
+    assert server.outbox.in_chat(str(OWNER)) == [] and server.outbox.in_chat("-301") == []
+
+
+async def test_admin_commands_and_the_sender_rate_limit(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server, dm_policy="open", owner=str(OWNER), rate_limit_burst=2, rate_limit_per_minute=1)
+    responder = ScriptedResponder()
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(900, "/models")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat("900")) == 1)
+        assert "only for the owner" in server.outbox.in_chat("900")[0].text
+        server.user_message(OWNER, "/pairing list")
+        await server.outbox.wait_for_text(str(OWNER), "No pending pairing codes.")
+        for i in range(4):  # two fit the burst, the third earns one warning, the fourth nothing
+            server.user_message(901, f"flood {i}")
+        await server.outbox.wait_for(lambda: any("slow down" in m.text for m in server.outbox.in_chat("901")))
+        await asyncio.sleep(0.3)
+    texts = [m.text for m in server.outbox.in_chat("901")]
+    assert texts[:2] == ["You said: flood 0", "You said: flood 1"] and "slow down" in texts[2] and len(texts) == 3
+    assert [m.text for m in responder.calls] == ["flood 0", "flood 1"]
+
+
+async def test_a_bad_token_fails_the_connector_with_a_reason(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server, token=Secret("999:not-the-token"))
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        health = connector.health()
+    assert health.state == "failed" and "rejected the bot token" in health.detail
+    assert "not-the-token" not in health.detail
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"connectors\.telegram\.token"):
+        load_settings({"telegram": {"dm_policy": "open"}})
+    with pytest.raises(ConfigError, match=r"connectors\.telegram\.dm_policy"):
+        load_settings({"telegram": {"token": "env:T", "dm_policy": "everyone"}})
+    parsed = load_settings({"telegram": {"token": "env:TELEGRAM_TOKEN", "allow_from": [12345]}})["telegram"]
+    assert isinstance(parsed, TelegramSettings) and parsed.allow_from == ["12345"]
