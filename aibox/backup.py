@@ -17,6 +17,7 @@ import os
 import sqlite3
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,12 +128,15 @@ def _read_members(archive: Path) -> dict[str, bytes]:
         raise BackupError(f"{archive} is not a readable backup archive: {e}") from None
     members: dict[str, bytes] = {}
     with tar:
-        for info in tar.getmembers():
-            name = info.name
-            if not info.isfile() or name.startswith("/") or ".." in Path(name).parts:
-                raise BackupError(f"{archive}: refusing member {name!r} (not a plain relative file)")
-            f = tar.extractfile(info)
-            members[name] = f.read() if f else b""
+        try:
+            for info in tar.getmembers():
+                name = info.name
+                if not info.isfile() or name.startswith("/") or ".." in Path(name).parts:
+                    raise BackupError(f"{archive}: refusing member {name!r} (not a plain relative file)")
+                f = tar.extractfile(info)
+                members[name] = f.read() if f else b""
+        except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
+            raise BackupError(f"{archive} is truncated or damaged: {e or type(e).__name__}") from None
     return members
 
 
@@ -184,6 +188,17 @@ def _database_problem(data: bytes) -> str:
     return "" if check == "ok" else f"integrity check says {check}"
 
 
+def _checkpoint(db: Path) -> None:
+    """Folds the write-ahead log into the database file, so the copy kept aside is whole."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as e:
+        raise BackupError(f"cannot checkpoint the current database {db} before replacing it: {e}") from None
+    finally:
+        conn.close()
+
+
 def _move_aside(path: Path, stamp: str) -> Path | None:
     if not path.exists():
         return None
@@ -218,6 +233,8 @@ def restore(config: Config, archive: Path, config_path: Path | None = None) -> l
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     done: list[str] = []
     db = sqlite_path(config)
+    if db.exists():
+        _checkpoint(db)
     for suffix in ("-wal", "-shm"):
         side = db.with_name(db.name + suffix)
         if side.exists():
