@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from aibox.secrets import redact
 
@@ -39,8 +40,17 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         # Redact each value before encoding too: JSON escaping could otherwise split a token
         # that contains a quote or backslash so that the final pass no longer sees it.
-        entry = {k: redact(v) if isinstance(v, str) else v for k, v in entry.items()}
-        return redact(json.dumps(entry, default=lambda o: redact(str(o)), ensure_ascii=False))
+        return redact(json.dumps(_redact_values(entry), default=lambda o: redact(str(o)), ensure_ascii=False))
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_redact_values(v) for v in value]
+    return value
 
 
 class TextFormatter(logging.Formatter):

@@ -12,6 +12,7 @@ token that reaches a log line by any path comes out as "***".
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -91,10 +92,12 @@ class Secret:
 
 
 def register(value: str) -> None:
-    """Marks a value as secret so that `redact` hides it everywhere from now on."""
+    """Marks a value as secret so that `redact` hides it everywhere from now on, also in
+    the escaped forms it takes inside JSON text and a repr()."""
     if len(value) >= 4:
+        forms = {value, json.dumps(value)[1:-1], repr(value)[1:-1]}
         with _lock:
-            _known.add(value)
+            _known.update(forms)
 
 
 def redact(text: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from aibox.secrets import redact
+
 
 class ApiError(Exception):
     def __init__(
@@ -28,4 +30,4 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": redact(self.message), "type": self.type, "param": self.param, "code": self.code}}
