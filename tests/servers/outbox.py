@@ -83,8 +83,9 @@ class Outbox:
                 pass
 
     async def wait_for_text(self, chat_id: str, text: str, timeout: float = 10.0) -> list[BotMessage]:
-        """Waits until the bot's messages in `chat_id`, joined, read `text` (whitespace at
-        the message cuts ignored) and returns them."""
+        """Waits until the bot's messages in `chat_id`, joined, read `text` and returns
+        them. Whitespace is ignored, and so are code fences: a cut inside a code block
+        closes it and reopens it in the next piece."""
         wanted = _squash(text)
         await self.wait_for(lambda: _squash("".join(m.text for m in self.in_chat(chat_id))) == wanted, timeout)
         return self.in_chat(chat_id)
@@ -95,7 +96,7 @@ class Outbox:
 
 
 def _squash(text: str) -> str:
-    return "".join(text.split())
+    return "".join(text.replace("```", "").split())
 
 
 FaultKind = Literal["status", "drop_before", "drop_after"]
