@@ -7,13 +7,14 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.routing import BaseRoute
 
 from aibox import __version__
 from aibox.api.admin import build_admin_app
+from aibox.api.connectors import connector_routes
 from aibox.api.openai import build_app
 from aibox.api.server import EmbeddedServer, bind_tcp, bind_unix, make_server
 from aibox.config import Config, ConfigError, load_config
@@ -23,10 +24,12 @@ from aibox.notify import Notifier
 from aibox.secrets import SecretError
 from aibox.store import Store
 from aibox.store.schema import Generation
+from connectors.base import InboundMessage
+from connectors.manager import ConnectorManager
 from models.catalog import Catalog, ModelCard
 from models.files import is_present
-from models.pool import ModelPool, PoolSettings
-from models.runtime import GenerationStats
+from models.pool import BusyError, ModelPool, PoolSettings
+from models.runtime import GenerationStats, SamplingParams
 
 log = logging.getLogger("aibox.daemon")
 
@@ -61,6 +64,8 @@ class Daemon:
         self.metrics.add_live_gauges(lambda: {name: w.depth for name, w in self.pool.loaded.items()})
         self.store: Store | None = None
         self.admin_routes: list[BaseRoute] = []
+        self.connectors: ConnectorManager | None = None
+        self.admin_routes.extend(connector_routes(self))
         self.ready = False
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
@@ -104,6 +109,10 @@ class Daemon:
         self.api_address = api_sock.getsockname()[:2]
         await self._serve(build_admin_app(self), bind_unix(self.config.admin_socket))
         self._tasks.append(asyncio.create_task(self._reap_idle_models(), name="reap-idle"))
+        if self.config.connectors:
+            self.notifier.status("starting chat connectors")
+            self.connectors = ConnectorManager(self.config, self.store, self.respond)
+            await self.connectors.start()
         self.ready = True
         log.info("ready", extra={"api": f"http://{self.api_address[0]}:{self.api_address[1]}", "version": __version__})
 
@@ -184,6 +193,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self.connectors is not None:
+            await self.connectors.stop()
         for server in self._servers:
             server.should_exit = True
         for task in self._tasks:
@@ -230,6 +241,23 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def respond(self, msg: InboundMessage) -> AsyncIterator[str]:
+        """The connectors' responder: one turn with the default model, streamed back."""
+        params = SamplingParams(max_tokens=self.config.runtime.max_tokens)
+        messages = [{"role": "user", "content": msg.text}]
+        try:
+            stream = await self.pool.stream(self.config.default_model, messages, params)
+        except BusyError as e:
+            yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
+            return
+        try:
+            async for piece in stream:
+                yield piece
+        finally:
+            stream.cancel()
+        if stream.stats is not None:
+            self.record(stream.model, stream.stats, source=msg.platform, sender=f"{msg.platform}:{msg.sender_id}")
+
     def status(self) -> dict[str, Any]:
         loaded = self.pool.loaded
         return {
@@ -249,4 +277,5 @@ class Daemon:
                 for name, w in loaded.items()
             ],
             "state_dir": str(self.config.state_path),
+            "connectors": self.connectors.health() if self.connectors is not None else {},
         }

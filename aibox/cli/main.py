@@ -7,6 +7,7 @@ import typer
 from aibox import __version__
 from aibox.cli import bench, chat, models, run, status
 from aibox.cli import backup, doctor, logs, security, service
+from aibox.cli import pairing
 
 app = typer.Typer(
     name="aibox",
@@ -41,6 +42,7 @@ app.add_typer(logs.app, name="logs")
 app.add_typer(backup.app, name="backup")
 app.add_typer(security.app, name="security")
 app.add_typer(service.app, name="service")
+app.add_typer(pairing.app, name="pairing")
 
 
 def main() -> None:
