@@ -117,7 +117,7 @@ class SlackConnector(Connector):
         self._verifier = SignatureVerifier(secret) if secret else None
         self._app = AsyncApp(
             client=self._client,
-            signing_secret=secret or "unused-in-socket-mode",
+            signing_secret=secret or "",
             request_verification_enabled=self.settings.mode == "http",
             process_before_response=False,
         )

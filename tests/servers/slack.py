@@ -132,22 +132,24 @@ class FakeSlack:
         bot_id: str | None = None,
         subtype: str | None = None,
         ts: str | None = None,
+        event_type: str = "message",
     ) -> dict[str, Any]:
-        """An `event_callback` carrying a `message` event, as Slack sends it."""
+        """An `event_callback` carrying a `message` (or `app_mention`) event, as Slack sends it."""
         ts = ts or self.next_ts()
         text = html.escape(text, quote=False)
         if mention:
             text = f"<@{self.bot_user_id}> {text}"
         event: dict[str, Any] = {
-            "type": "message",
+            "type": event_type,
             "channel": channel,
-            "channel_type": channel_type,
             "user": user,
             "text": text,
             "ts": ts,
             "event_ts": ts,
             "team": self.team_id,
         }
+        if event_type == "message":
+            event["channel_type"] = channel_type
         if bot_id is None and subtype is None:
             event["client_msg_id"] = str(uuid.uuid4())
         if thread_ts is not None:
