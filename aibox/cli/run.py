@@ -9,10 +9,8 @@ import typer
 from aibox.cli.common import EXIT_CONFIG, EXIT_FAILURE, err_console, fail, get_config
 from aibox.cli.models import byte_progress, card_or_fail
 from aibox.config import ConfigError
-from aibox.daemon import Daemon, StartupError
 from aibox.logs import setup_logging
 from models.files import PullError, is_present, pull
-from models.pool import ModelUnavailableError
 
 
 def run(
@@ -22,6 +20,9 @@ def run(
     pull_default: bool = typer.Option(True, "--pull/--no-pull", help="Pull the default model first if it is missing."),
 ) -> None:
     """Run the box: models, HTTP API on loopback, admin socket, connectors."""
+    from aibox.daemon import Daemon, StartupError  # heavy: only `run` needs it
+    from models.pool import ModelUnavailableError
+
     config = get_config(ctx)
     setup_logging(config.logging.level, config.logging.format, config.logs_path)
     card = card_or_fail(config, config.default_model)
