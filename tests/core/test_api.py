@@ -44,7 +44,7 @@ def _error(r: httpx.Response, status: int) -> dict:
 
 
 def test_completion(client):
-    r = client.post("/v1/chat/completions", json=_chat("What is the capital of France?"))
+    r = client.post("/v1/chat/completions", json=_chat("What is the capital of France? Answer in one word."))
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion"
