@@ -254,3 +254,27 @@ def test_config_errors_name_the_key() -> None:
         load_settings({"discord": {"token": "env:X", "gateway_urll": "ws://x"}})
     parsed = load_settings({"discord": {"token": "env:DISCORD_TOKEN"}})["discord"]
     assert isinstance(parsed, DiscordSettings) and parsed.api_base == "https://discord.com/api/v10"
+
+
+async def test_a_failed_login_is_retried_with_backoff(server: FakeDiscord, tmp_path: Path) -> None:
+    server.faults.add("me", drop="before", times=2)
+    settings = fast(server, reconnect_max_delay_s=2.0, start_timeout_s=1.0)
+    connector = DiscordConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        await server.wait_identified(timeout=15)
+        await server.user_says("111", OWNER, "finally")
+        await server.outbox.wait_for_text("111", "You said: finally")
+        assert connector.health().state == "ok"
+    assert [f.kind for f in server.faults.played] == ["drop_before", "drop_before"]
+
+
+async def test_attachments_arrive_as_metadata(server: FakeDiscord, tmp_path: Path) -> None:
+    settings = fast(server)
+    responder = ScriptedResponder()
+    photo = {"id": "42", "filename": "cat.png", "size": 1234, "url": "https://cdn.example/cat.png",
+             "content_type": "image/png"}
+    async with wired(DiscordConnector(settings), settings, responder, tmp_path):
+        await server.user_says("112", OWNER, "look", attachments=[photo])
+        await server.outbox.wait_for_text("112", "You said: look")
+    [attachment] = responder.calls[0].attachments
+    assert (attachment.kind, attachment.name, attachment.mime_type, attachment.size) == ("image", "cat.png", "image/png", 1234)

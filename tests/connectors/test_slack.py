@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from aibox.config import ConfigError
+from aibox.config import Config, ConfigError
 from aibox.secrets import Secret
-from connectors.manager import load_settings
+from aibox.store import Store
+from connectors.manager import ConnectorManager, load_settings
 from connectors.slack import SlackConnector, SlackSettings
+from tests.servers.discord import FakeDiscord
 from tests.servers.scripted import ScriptedResponder, wired
 from tests.servers.slack import FakeSlack, post_signed
 
@@ -297,3 +299,63 @@ def test_config_errors_name_the_key() -> None:
         load_settings({"slack": {"bot_token": "env:B", "mode": "http"}})
     parsed = load_settings({"slack": {"bot_token": "env:B", "app_token": "env:A"}})["slack"]
     assert isinstance(parsed, SlackSettings) and parsed.api_base == "https://slack.com/api/"
+
+
+async def test_socket_mode_retries_with_backoff_until_slack_answers(server: FakeSlack, tmp_path: Path) -> None:
+    server.faults.add("apps.connections.open", status=500, times=2)
+    settings = settings_for(server, reconnect_max_delay_s=2.0, start_timeout_s=1.0)
+    responder = ScriptedResponder()
+    connector = SlackConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        assert connector.health().state in ("starting", "degraded")
+        await server.wait_connected(timeout=15)
+        await server.user_says("D500", OWNER, "finally")
+        await server.outbox.wait_for_text("D500", "You said: finally")
+        assert connector.health().state == "ok"
+    assert len(server.faults.played) == 2
+
+
+async def test_a_bad_discord_token_leaves_slack_running(server: FakeSlack, tmp_path: Path) -> None:
+    async with FakeDiscord(token="the-real-discord-token") as discord_server:
+        config = Config(
+            connectors={
+                "discord": {
+                    "token": "a-wrong-discord-token",
+                    "api_base": discord_server.api_base,
+                    "gateway_url": discord_server.gateway_url,
+                },
+                "slack": {
+                    "bot_token": server.bot_token,
+                    "app_token": server.app_token,
+                    "api_base": server.api_base,
+                    "allow_from": [OWNER],
+                },
+            }
+        )
+        store = Store.open(f"sqlite:///{tmp_path / 'aibox.db'}")
+        manager = ConnectorManager(config, store, ScriptedResponder())
+        await manager.start()
+        try:
+            health = manager.health()
+            assert health["discord"]["state"] == "failed"
+            assert "connectors.discord.token" in health["discord"]["detail"]
+            assert "a-wrong-discord-token" not in json.dumps(health)
+            assert health["slack"]["state"] == "ok"
+            await server.user_says("D501", OWNER, "anyone home?")
+            await server.outbox.wait_for_text("D501", "You said: anyone home?")
+        finally:
+            await manager.stop()
+            store.close()
+
+
+async def test_shared_files_arrive_as_metadata(server: FakeSlack, tmp_path: Path) -> None:
+    settings = settings_for(server)
+    responder = ScriptedResponder()
+    report = {"id": "F0001", "name": "report.pdf", "mimetype": "application/pdf", "size": 2048}
+    async with wired(SlackConnector(settings), settings, responder, tmp_path):
+        await server.user_says("D502", OWNER, "see attached", files=[report])
+        await server.outbox.wait_for_text("D502", "You said: see attached")
+    [attachment] = responder.calls[0].attachments
+    assert (attachment.kind, attachment.name, attachment.mime_type, attachment.ref) == (
+        "file", "report.pdf", "application/pdf", "F0001"
+    )

@@ -137,8 +137,10 @@ class FakeDiscord:
         bot: bool = False,
         username: str = "someone",
         reply_to: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Dispatches a MESSAGE_CREATE as if `user_id` wrote `text`; returns the message id."""
+        """Dispatches a MESSAGE_CREATE as if `user_id` wrote `text`; returns the message id.
+        `attachments` are Discord attachment objects (id, filename, size, url, ...)."""
         message_id = str(next(self._ids))
         mentions = []
         if mention:
@@ -146,6 +148,9 @@ class FakeDiscord:
             mentions = [self._user(self.bot_user_id, "aibox", bot=True)]
         data = self._message(message_id, channel_id, self._user(user_id, username, bot=bot), text, guild_id)
         data["mentions"] = mentions
+        data["attachments"] = [
+            {"proxy_url": a.get("url", ""), "content_type": None, **a} for a in attachments or []
+        ]
         if reply_to is not None:
             data["message_reference"] = {"message_id": reply_to, "channel_id": channel_id, "type": 0}
         if not self._content_visible(guild_id, mention):

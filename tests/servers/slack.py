@@ -133,6 +133,7 @@ class FakeSlack:
         subtype: str | None = None,
         ts: str | None = None,
         event_type: str = "message",
+        files: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """An `event_callback` carrying a `message` (or `app_mention`) event, as Slack sends it."""
         ts = ts or self.next_ts()
@@ -158,6 +159,9 @@ class FakeSlack:
             event["bot_id"] = bot_id
         if subtype is not None:
             event["subtype"] = subtype
+        if files:
+            event["files"] = files
+            event.setdefault("subtype", "file_share")
         return {
             "token": "legacy-verification-token",
             "team_id": self.team_id,
