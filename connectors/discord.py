@@ -116,7 +116,8 @@ class DiscordConnector(Connector):
         try:
             await asyncio.wait_for(self._settled.wait(), self.settings.start_timeout_s)
         except asyncio.TimeoutError:
-            self._set_health("degraded", f"gateway not ready after {self.settings.start_timeout_s:g} s; still trying")
+            if self._health.state == "starting":
+                self._set_health("degraded", f"gateway not ready after {self.settings.start_timeout_s:g} s; still trying")
 
     async def stop(self) -> None:
         self._stopping = True

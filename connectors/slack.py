@@ -128,7 +128,8 @@ class SlackConnector(Connector):
         try:
             await asyncio.wait_for(self._settled.wait(), self.settings.start_timeout_s)
         except asyncio.TimeoutError:
-            self._set_health("degraded", f"Slack not reachable after {self.settings.start_timeout_s:g} s; still trying")
+            if self._health.state == "starting":
+                self._set_health("degraded", f"no answer from Slack after {self.settings.start_timeout_s:g} s; still trying")
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -174,8 +175,14 @@ class SlackConnector(Connector):
                     self._fail(f"connectors.slack.{key} was rejected by Slack ({error})")
                     return
                 self._set_health("degraded", f"Slack answered {error or e.response.status_code}; retrying")
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 self._set_health("degraded", f"cannot reach Slack ({type(e).__name__}); retrying")
+            except OSError as e:
+                where = "listen for events" if self.settings.mode == "http" else "reach Slack"
+                self._set_health("degraded", f"cannot {where}: {e.strerror or e}; retrying")
+            except Exception as e:  # whatever else goes wrong, keep the connector alive and say so
+                log.exception("slack connector error")
+                self._set_health("degraded", f"{type(e).__name__}: {e}; retrying")
             failures += 1
             delay = self._backoff.backoff(min(failures, 10))
             log.info("reconnecting to slack in %.1f s", delay)
@@ -205,10 +212,15 @@ class SlackConnector(Connector):
     async def _serve_http(self) -> None:
         web_app = web.Application(client_max_size=4 * 1024 * 1024)
         web_app.router.add_post(self.settings.events_path, self._http_event)
-        self._site_runner = web.AppRunner(web_app, access_log=None)
-        await self._site_runner.setup()
-        site = web.TCPSite(self._site_runner, self.settings.events_host, self.settings.events_port)
-        await site.start()
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.events_host, self.settings.events_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._site_runner = runner
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.events_url = f"http://{self.settings.events_host}:{port}{self.settings.events_path}"
 

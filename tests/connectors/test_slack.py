@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -359,3 +360,18 @@ async def test_shared_files_arrive_as_metadata(server: FakeSlack, tmp_path: Path
     assert (attachment.kind, attachment.name, attachment.mime_type, attachment.ref) == (
         "file", "report.pdf", "application/pdf", "F0001"
     )
+
+
+async def test_a_busy_events_port_is_reported_not_fatal(server: FakeSlack, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_for(
+            server, mode="http", app_token=None, signing_secret=Secret(server.signing_secret),
+            events_port=port, start_timeout_s=1.0,
+        )
+        connector = SlackConnector(settings)
+        async with wired(connector, settings, ScriptedResponder(), tmp_path):
+            health = connector.health()
+    assert health.state == "degraded" and "cannot listen for events" in health.detail
