@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
+import time
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -44,6 +46,8 @@ from connectors.settings import ConnectorSettings
 log = logging.getLogger(__name__)
 
 SLACK_API = "https://slack.com/api/"
+NONCE_EVENT = "aibox_reply"
+SEND_ATTEMPTS = 3
 MAX_SECTION = 3_000
 MAX_BLOCKS = 50
 # Token problems no retry can fix.
@@ -113,7 +117,9 @@ class SlackConnector(Connector):
         except SecretError as e:
             self._set_health("failed", f"connectors.slack: {e}")
             return
-        self._client = AsyncWebClient(token=bot_token, base_url=self.settings.api_base)
+        # No automatic retries: a resent post could appear twice (see `send`); every
+        # failure reaches our own retry logic instead.
+        self._client = AsyncWebClient(token=bot_token, base_url=self.settings.api_base, retry_handlers=[])
         self._verifier = SignatureVerifier(secret) if secret else None
         self._app = AsyncApp(
             client=self._client,
@@ -300,17 +306,59 @@ class SlackConnector(Connector):
     # outbound
 
     async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
+        """Posts `text`. Slack has no idempotency key, so the post carries a nonce in its
+        message metadata; when the connection drops before the answer, the chat is
+        searched for that nonce before posting again, and a post that did arrive is not
+        repeated."""
         client = self._ready_client()
         thread_ts = None
         if reply_to is not None and not chat_id.startswith("D"):
             thread_ts = self._thread_roots.get((chat_id, reply_to), reply_to)
+        nonce = secrets.token_hex(8)
+        since = f"{time.time() - 600:.6f}"
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                response = await client.chat_postMessage(
+                    channel=chat_id,
+                    thread_ts=thread_ts,
+                    unfurl_links=False,
+                    unfurl_media=False,
+                    metadata={"event_type": NONCE_EVENT, "event_payload": {"nonce": nonce}},
+                    **_content(text),
+                )
+                return str(response["ts"])
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                found = await self._find_post(client, chat_id, thread_ts, nonce, since)
+                if found is not None:
+                    log.info("slack post arrived although its connection dropped; not posting it again")
+                    return found
+                if attempt == SEND_ATTEMPTS:
+                    raise TransientError(f"slack chat.postMessage: {type(e).__name__}") from None
+            except Exception as e:
+                raise _mapped(e, "chat.postMessage") from None
+        raise AssertionError("unreachable")
+
+    async def _find_post(
+        self, client: AsyncWebClient, chat_id: str, thread_ts: str | None, nonce: str, since: str
+    ) -> str | None:
+        """The ts of our post carrying `nonce`, if Slack has it (needs the history scopes)."""
         try:
-            response = await client.chat_postMessage(
-                channel=chat_id, thread_ts=thread_ts, unfurl_links=False, unfurl_media=False, **_content(text)
-            )
+            if thread_ts is not None:
+                page = await client.conversations_replies(
+                    channel=chat_id, ts=thread_ts, oldest=since, include_all_metadata=True, limit=200
+                )
+            else:
+                page = await client.conversations_history(
+                    channel=chat_id, oldest=since, include_all_metadata=True, limit=200
+                )
         except Exception as e:
-            raise _mapped(e, "chat.postMessage") from None
-        return str(response["ts"])
+            log.warning("cannot check whether a dropped slack post arrived (%s); posting again", _mapped(e, "history"))
+            return None
+        for message in page.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            if metadata.get("event_type") == NONCE_EVENT and (metadata.get("event_payload") or {}).get("nonce") == nonce:
+                return str(message["ts"])
+        return None
 
     async def edit(self, chat_id: str, message_id: str, text: str) -> None:
         client = self._ready_client()

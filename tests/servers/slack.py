@@ -3,7 +3,8 @@
 It speaks what slack-sdk 3.4x and bolt-python 1.30 send and expect (read from their
 sources): `POST /api/<method>` with a JSON or form body and the token as a Bearer header,
 answering `{"ok": ...}` with HTTP 200, or 429 with `Retry-After` and
-`{"ok": false, "error": "ratelimited"}`; `auth.test` (both `user_id` and `bot_id`, which
+`{"ok": false, "error": "ratelimited"}`; `conversations.history` and
+`conversations.replies` (GET, with message metadata on request); `auth.test` (both `user_id` and `bot_id`, which
 bolt needs to ignore the bot's own events), `apps.connections.open` (an app-level
 token; answers a `ws://` URL), `chat.postMessage` and `chat.update` (section blocks over
 3,000 characters are refused as `invalid_blocks`; text over 40,000 characters is
@@ -36,7 +37,6 @@ import asyncio
 import hashlib
 import hmac
 import html
-import itertools
 import json
 import time
 import uuid
@@ -71,9 +71,10 @@ class FakeSlack:
         self.outbox = Outbox()
         self.faults = FaultPlan()
         self.truncated: list[str] = []
+        self._metadata: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.connections_opened = 0
         self.acked: list[str] = []
-        self._ts = itertools.count(1)
+        self._last_ts = 0.0
         self._tickets: set[str] = set()
         self._unacked: dict[str, dict[str, Any]] = {}
         self._last_user_event: dict[str, Any] | None = None
@@ -93,6 +94,7 @@ class FakeSlack:
     async def start(self) -> None:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)
         app.router.add_get("/link", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -117,8 +119,9 @@ class FakeSlack:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     def next_ts(self) -> str:
-        n = next(self._ts)
-        return f"{1_700_000_000 + n}.{n:06d}"
+        """A Slack message ts: epoch seconds with microseconds, unique and increasing."""
+        self._last_ts = max(round(time.time(), 6), round(self._last_ts + 0.000001, 6))
+        return f"{self._last_ts:.6f}"
 
     def event_body(
         self,
@@ -250,6 +253,8 @@ class FakeSlack:
             "apps.connections.open": self._connections_open,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "conversations.history": self._history,
+            "conversations.replies": self._history,
         }.get(method)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
@@ -286,6 +291,8 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": problem})
         ts = self.next_ts()
         self.outbox.post(channel, ts, shown, reply_to=params.get("thread_ts"))
+        metadata = params.get("metadata")
+        self._metadata[(channel, ts)] = json.loads(metadata) if isinstance(metadata, str) else metadata
         message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "app_id": self.app_id,
                    "text": params.get("text", ""), "ts": ts, "team": self.team_id}
         await self.push(self.event_body(channel, self.bot_user_id, shown, bot_id=self.bot_id, ts=ts))
@@ -300,6 +307,24 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": problem})
         self.outbox.edit(channel, ts, shown)
         return web.json_response({"ok": True, "channel": channel, "ts": ts, "text": params.get("text", "")})
+
+    async def _history(self, params: dict[str, Any]) -> web.Response:
+        """conversations.history (top-level messages) or .replies (a thread, with `ts`),
+        newest first, with metadata only when `include_all_metadata` is asked for."""
+        channel, oldest = params.get("channel"), float(params.get("oldest") or 0)
+        thread = params.get("ts")
+        with_metadata = str(params.get("include_all_metadata")).lower() in ("1", "true")
+        found = []
+        for m in self.outbox.in_chat(channel or ""):
+            in_scope = (m.reply_to == thread or m.message_id == thread) if thread else m.reply_to is None
+            if in_scope and float(m.message_id) > oldest:
+                entry: dict[str, Any] = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
+                                         "text": html.escape(m.text, quote=False), "ts": m.message_id}
+                metadata = self._metadata.get((m.chat_id, m.message_id))
+                if with_metadata and metadata:
+                    entry["metadata"] = metadata
+                found.append(entry)
+        return web.json_response({"ok": True, "messages": found[::-1], "has_more": False})
 
     def _shown(self, params: dict[str, Any]) -> tuple[str, str | None]:
         """What a person sees: the section blocks when there are any, else the text."""
@@ -374,6 +399,8 @@ class FakeSlack:
 
 
 async def _params(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET":
+        return dict(request.query)
     raw = await request.read()
     if request.content_type == "application/json":
         try:
