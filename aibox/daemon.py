@@ -117,7 +117,7 @@ class Daemon:
         log.info("ready", extra={"api": f"http://{self.api_address[0]}:{self.api_address[1]}", "version": __version__})
 
     async def _serve(self, app: Any, sock: Any) -> None:
-        server = make_server(app)
+        server = make_server(app, graceful_s=self.grace_s)
         self._servers.append(server)
         self._tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
         while not server.started:
@@ -154,6 +154,12 @@ class Daemon:
             self.notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    @property
+    def grace_s(self) -> float:
+        """Time requests in flight get to finish on SIGTERM: most of systemd's stop timeout,
+        leaving the rest for closing models and the database."""
+        return max(1.0, self.config.service.stop_timeout_s * 0.6)
 
     def _status_line(self) -> str:
         api = f"http://{self.api_address[0]}:{self.api_address[1]}" if self.api_address else "no API"
@@ -199,7 +205,7 @@ class Daemon:
             server.should_exit = True
         for task in self._tasks:
             if task.get_name() == "http":
-                await asyncio.wait([task], timeout=10)
+                await asyncio.wait([task], timeout=self.grace_s + 2)
             else:
                 task.cancel()
         if self._background:

@@ -22,8 +22,9 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def make_server(app: ASGIApp) -> EmbeddedServer:
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+def make_server(app: ASGIApp, graceful_s: float = 5.0) -> EmbeddedServer:
+    """`graceful_s`: how long requests in flight may run on after a stop before they are cut."""
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=graceful_s)
     return EmbeddedServer(config)
 
 

