@@ -94,6 +94,7 @@ class SlackConnector(Connector):
         self._health = Health("stopped")
         self._sink: MessageSink | None = None
         self._client: AsyncWebClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._app: AsyncApp | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._site_runner: web.AppRunner | None = None
@@ -117,9 +118,12 @@ class SlackConnector(Connector):
         except SecretError as e:
             self._set_health("failed", f"connectors.slack: {e}")
             return
-        # No automatic retries: a resent post could appear twice (see `send`); every
-        # failure reaches our own retry logic instead.
-        self._client = AsyncWebClient(token=bot_token, base_url=self.settings.api_base, retry_handlers=[])
+        # One HTTP session for every call (slack-sdk would open a connection per call),
+        # and no automatic retries: a resent post could appear twice (see `send`).
+        self._http = aiohttp.ClientSession()
+        self._client = AsyncWebClient(
+            token=bot_token, base_url=self.settings.api_base, session=self._http, retry_handlers=[]
+        )
         self._verifier = SignatureVerifier(secret) if secret else None
         self._app = AsyncApp(
             client=self._client,
@@ -151,6 +155,9 @@ class SlackConnector(Connector):
         if self._site_runner is not None:
             await self._site_runner.cleanup()
             self._site_runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         self._set_health("stopped", "")
 
     def health(self) -> Health:

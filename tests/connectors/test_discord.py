@@ -278,3 +278,13 @@ async def test_attachments_arrive_as_metadata(server: FakeDiscord, tmp_path: Pat
         await server.outbox.wait_for_text("112", "You said: look")
     [attachment] = responder.calls[0].attachments
     assert (attachment.kind, attachment.name, attachment.mime_type, attachment.size) == ("image", "cat.png", "image/png", 1234)
+
+
+async def test_an_unresolvable_token_reference_is_reported(server: FakeDiscord, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("AIBOX_TEST_NO_SUCH_VAR", raising=False)
+    settings = fast(server, token=Secret("env:AIBOX_TEST_NO_SUCH_VAR"))
+    connector = DiscordConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        health = connector.health()
+    assert health.state == "failed"
+    assert "connectors.discord.token" in health.detail and "AIBOX_TEST_NO_SUCH_VAR" in health.detail
