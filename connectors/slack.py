@@ -220,7 +220,12 @@ class SlackConnector(Connector):
         await asyncio.wait_for(client.connect(), self.settings.start_timeout_s)
 
     async def _socket_alive(self) -> bool:
-        return self._socket is not None and await self._socket.client.is_connected()
+        """Connected, or slack-sdk is switching to a new URL because Slack asked it to
+        (a `disconnect` message); that switch holds its connect lock."""
+        if self._socket is None:
+            return False
+        client = self._socket.client
+        return client.connect_operation_lock.locked() or await client.is_connected()
 
     async def _serve_http(self) -> None:
         web_app = web.Application(client_max_size=4 * 1024 * 1024)

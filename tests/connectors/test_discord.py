@@ -150,10 +150,10 @@ async def test_malformed_gateway_frames_do_not_stop_the_connector(server: FakeDi
     connector = DiscordConnector(settings)
     async with wired(connector, settings, responder, tmp_path):
         await server.send_raw("{this is not json")
-        await server.outbox.wait_for(lambda: server.identify_count == 2, timeout=15)
+        await server.outbox.wait_for(lambda: server.identify_count >= 2, timeout=15)
         await server.wait_identified()
         await server.dispatch("MESSAGE_CREATE", {"id": "1", "content": "no channel, no author"})
-        await server.outbox.wait_for(lambda: server.identify_count == 3, timeout=15)
+        await server.outbox.wait_for(lambda: server.identify_count >= 3, timeout=15)
         await server.wait_identified()
         await server.user_says("107", OWNER, "still there?")
         await server.outbox.wait_for_text("107", "You said: still there?", timeout=15)

@@ -155,9 +155,10 @@ async def test_a_disconnect_request_is_followed(server: FakeSlack, tmp_path: Pat
     responder = ScriptedResponder()
     async with wired(SlackConnector(settings), settings, responder, tmp_path):
         await server.ask_to_reconnect()
-        await server.outbox.wait_for(lambda: server.connections_opened == 2, timeout=15)
+        await server.outbox.wait_for(lambda: server.connections_opened >= 2, timeout=15)
         await server.user_says("D107", OWNER, "after the refresh")
         await server.outbox.wait_for_text("D107", "You said: after the refresh")
+    assert server.connections_opened == 2, "the refresh was done once, by slack-sdk, not raced by a second reconnect"
 
 
 async def test_malformed_events_are_skipped(server: FakeSlack, tmp_path: Path) -> None:
