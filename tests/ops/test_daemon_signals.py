@@ -13,6 +13,9 @@ import httpx
 from aibox.process import DaemonProcess
 
 
+CHEF = 'name = "chef"\ndescription = "Recipes"\nsystem_prompt = "You suggest recipes."\n'
+
+
 def log_entries(state: Path) -> list[dict]:
     path = state / "logs" / "aibox.log"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -58,8 +61,12 @@ def test_sighup_reloads_config_keeping_connections(tmp_path: Path, models_dir: P
         assert client.get("/healthz").status_code == 200
         config = daemon.config_path.read_text()
         daemon.config_path.write_text(config + '\n[logging]\nlevel = "debug"\n')
+        (state / "agents").mkdir(exist_ok=True)
+        (state / "agents" / "chef.toml").write_text(CHEF)
+        assert "chef" not in [a["name"] for a in daemon.admin("GET", "/agents")["agents"]]
         daemon.proc.send_signal(signal.SIGHUP)
         assert wait_for_log(state, "config reloaded")["source"] == str(daemon.config_path)
+        assert "chef" in [a["name"] for a in daemon.admin("GET", "/agents")["agents"]], "agents are re-read"
         assert client.get("/healthz").status_code == 200, "the kept-alive connection still serves"
         daemon.config_path.write_text(config + "\n[api]\nport = 99999\n")
         daemon.proc.send_signal(signal.SIGHUP)
