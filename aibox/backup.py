@@ -1,7 +1,7 @@
 """Backups: one archive holding everything a box cannot pull again.
 
 That is the database (chats, memory, jobs, pairing state), the config file and the
-user-made agents in the state dir; models are not included, `aibox models pull` gets them
+user-made agents and model cards in the state dir; model files are not included, `aibox models pull` gets them
 back. The database is copied with SQLite's online backup API, so a running daemon can
 keep writing. `manifest.json` lists every member with its sha256; `verify` re-hashes them
 and checks the database's integrity; `restore` only runs on a stopped box and moves what it
@@ -30,7 +30,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DB_MEMBER = "database/aibox.db"
 CONFIG_MEMBER = "config/aibox.toml"
-AGENTS_PREFIX = "agents/"
+USER_DIRS = ("agents", "cards")
 
 
 class BackupError(Exception):
@@ -55,8 +55,9 @@ def sqlite_path(config: Config) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-def agents_dir(config: Config) -> Path:
-    return config.state_path / "agents"
+def user_dirs(config: Config) -> dict[str, Path]:
+    """The state dir's folders of user-made files: agents and model cards."""
+    return {name: config.state_path / name for name in USER_DIRS}
 
 
 def default_archive_path(config: Config) -> Path:
@@ -96,15 +97,15 @@ def create(config: Config, archive: Path | None = None) -> Path:
     config_file = config.source
     if config_file is not None and config_file.is_file():
         members[CONFIG_MEMBER] = config_file.read_bytes()
-    agents = agents_dir(config)
-    if agents.is_dir():
-        for path in sorted(p for p in agents.rglob("*") if p.is_file()):
-            members[AGENTS_PREFIX + path.relative_to(agents).as_posix()] = path.read_bytes()
+    for name, folder in user_dirs(config).items():
+        if folder.is_dir():
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                members[f"{name}/{path.relative_to(folder).as_posix()}"] = path.read_bytes()
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "sources": {"database": str(db), "config": str(config_file) if config_file else None, "agents": str(agents)},
+        "sources": {"database": str(db), "config": str(config_file) if config_file else None, **{name: str(folder) for name, folder in user_dirs(config).items()}},
         "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in members.items()},
     }
     tmp_archive = archive.with_name(archive.name + ".part")
@@ -247,16 +248,17 @@ def restore(config: Config, archive: Path, config_path: Path | None = None) -> l
         aside = _move_aside(target, stamp)
         _install(members[CONFIG_MEMBER], target, 0o600)
         done.append(f"config -> {target}" + (f" (previous kept as {aside.name})" if aside else ""))
-    agent_files = {n.removeprefix(AGENTS_PREFIX): d for n, d in members.items() if n.startswith(AGENTS_PREFIX)}
-    agents = agents_dir(config)
-    if agent_files or agents.exists():
-        aside = _move_aside(agents, stamp)
-        agents.mkdir(parents=True, exist_ok=True)
+    for name, folder in user_dirs(config).items():
+        files = {n.removeprefix(f"{name}/"): d for n, d in members.items() if n.startswith(f"{name}/")}
+        if not files and not folder.exists():
+            continue
+        aside = _move_aside(folder, stamp)
+        folder.mkdir(parents=True, exist_ok=True)
         if aside is not None and os.geteuid() == 0:
             st = aside.stat()
-            os.chown(agents, st.st_uid, st.st_gid)
-        for rel, data in agent_files.items():
-            _install(data, agents / rel, 0o640)
-        done.append(f"{len(agent_files)} agent file(s) -> {agents}" + (f" (previous kept as {aside.name})" if aside else ""))
+            os.chown(folder, st.st_uid, st.st_gid)
+        for rel, data in files.items():
+            _install(data, folder / rel, 0o640)
+        done.append(f"{len(files)} {name} file(s) -> {folder}" + (f" (previous kept as {aside.name})" if aside else ""))
     return done
 

@@ -107,7 +107,7 @@ def check_secrets(config: Config) -> list[Check]:
 def check_models(config: Config, deep: bool) -> list[Check]:
     """The default model must be there and intact; other pulled models must be intact."""
     try:
-        catalog = Catalog.load()
+        catalog = Catalog.load(config.state_path / "cards")
     except CatalogError as e:
         return [Check("model catalog", "fail", str(e), "fix or remove the model card named above")]
     models_dir = config.models_path

@@ -39,6 +39,8 @@ def box(tmp_path: Path):
     agents = state / "agents"
     (agents / "helpers").mkdir(parents=True)
     (agents / "helpers" / "cook.toml").write_text('name = "cook"\ntools = ["time"]\n')
+    (state / "cards").mkdir()
+    (state / "cards" / "mine.toml").write_text('name = "mine"\n')
     return config
 
 
@@ -56,7 +58,7 @@ def test_round_trip(box, tmp_path: Path) -> None:
     assert archive.stat().st_mode & 0o777 == 0o600
     result = backup.verify(archive)
     assert result.ok, result.problems
-    assert set(result.manifest["files"]) == {"database/aibox.db", "config/aibox.toml", "agents/helpers/cook.toml"}
+    assert set(result.manifest["files"]) == {"database/aibox.db", "config/aibox.toml", "agents/helpers/cook.toml", "cards/mine.toml"}
 
     # The box changes after the backup: a sender is revoked, the config and an agent edited.
     query(box, "DELETE FROM connector_senders")
@@ -66,7 +68,7 @@ def test_round_trip(box, tmp_path: Path) -> None:
     assert senders(box) == []
 
     done = backup.restore(box, archive)
-    assert len(done) == 3, done
+    assert len(done) == 4, done
     assert senders(box) == [("telegram", "42", "owner")]
     assert query(box, "SELECT code FROM connector_pairing_codes") == [("K7Q2PX",)]
     assert "debug" not in box.source.read_text()
@@ -75,7 +77,7 @@ def test_round_trip(box, tmp_path: Path) -> None:
     assert not (box.state_path / "agents" / "new.toml").exists()
     # Nothing is lost: what the restore replaced sits beside it.
     kept = sorted(p.name.split(".pre-restore-")[0] for p in (box.state_path).iterdir() if ".pre-restore-" in p.name)
-    assert kept == ["agents", "aibox.db"], "the old database was checkpointed: no stray WAL"
+    assert kept == ["agents", "aibox.db", "cards"], "the old database was checkpointed: no stray WAL"
     assert any(".pre-restore-" in p.name for p in box.source.parent.iterdir())
     # The restored database still opens and migrates.
     Store.open(box.store_url).close()
@@ -180,7 +182,7 @@ def test_cli_round_trip(box, tmp_path: Path) -> None:
     archive = Path(json.loads(created.stdout)["archive"])
     assert archive.parent == box.state_path / "backups"
     verified = aibox("backup", "verify", str(archive))
-    assert verified.returncode == 0 and "3 files match their checksums" in verified.stdout
+    assert verified.returncode == 0 and "4 files match their checksums" in verified.stdout
     restored = aibox("backup", "restore", str(archive), "--yes")
     assert restored.returncode == 0, restored.stderr
     missing = aibox("backup", "verify", str(tmp_path / "nope.tar.gz"))
