@@ -44,6 +44,7 @@ class DiscordSettings(ConnectorSettings):
     gateway_url: str = Field(DISCORD_GATEWAY, description="gateway websocket URL; only tests change it")
     start_timeout_s: float = Field(30.0, gt=0, description="how long start() waits for the gateway")
     reconnect_max_delay_s: float = Field(60.0, gt=0, description="longest wait between restarts")
+    heartbeat_timeout_s: float = Field(60.0, gt=0, description="silence from the gateway before it counts as dead")
 
 
 def point_discord_at(api_base: str, gateway_url: str) -> None:
@@ -67,6 +68,7 @@ class _Client(discord.Client):
             member_cache_flags=discord.MemberCacheFlags.none(),
             max_ratelimit_timeout=30.0,
             guild_ready_timeout=0.5,
+            heartbeat_timeout=owner.settings.heartbeat_timeout_s,
         )
         self.owner = owner
 

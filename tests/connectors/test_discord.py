@@ -288,3 +288,18 @@ async def test_an_unresolvable_token_reference_is_reported(server: FakeDiscord, 
         health = connector.health()
     assert health.state == "failed"
     assert "connectors.discord.token" in health.detail and "AIBOX_TEST_NO_SUCH_VAR" in health.detail
+
+
+async def test_heartbeats_are_acked_and_a_zombie_gateway_is_replaced(tmp_path: Path) -> None:
+    async with FakeDiscord(token=TOKEN, heartbeat_interval_ms=100) as server:
+        settings = fast(server, heartbeat_timeout_s=1.0)
+        connector = DiscordConnector(settings)
+        async with wired(connector, settings, ScriptedResponder(), tmp_path):
+            await server.outbox.wait_for(lambda: server.heartbeats >= 5, timeout=10)
+            assert (server.identify_count, server.resume_count) == (1, 0), "acked heartbeats keep the session"
+            server.ack_heartbeats = False
+            await server.outbox.wait_for(lambda: server.resume_count >= 1, timeout=10)
+            server.ack_heartbeats = True
+            await server.wait_identified()
+            await server.user_says("113", OWNER, "alive?")
+            await server.outbox.wait_for_text("113", "You said: alive?")

@@ -24,7 +24,8 @@ API for tests and `aibox bench pipeline`:
         server.faults.add("edit", drop="after")
         await server.drop_gateway()                 # cut the websocket without a close frame
         await server.send_raw("{not json")          # a malformed frame on the live gateway
-        server.identify_count, server.resume_count
+        server.identify_count, server.resume_count, server.heartbeats
+        server.ack_heartbeats = False               # a zombie connection: heartbeats go unanswered
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class FakeDiscord:
         self.outbox = Outbox()
         self.faults = FaultPlan()
         self.identify_count = 0
+        self.heartbeats = 0
+        self.ack_heartbeats = True
         self.resume_count = 0
         self.requested_intents: int | None = None
         self.nonces: dict[tuple[str, str], str] = {}
@@ -325,7 +328,9 @@ class FakeDiscord:
                 frame = json.loads(msg.data)
                 op, data = frame.get("op"), frame.get("d")
                 if op == 1:
-                    await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
+                    self.heartbeats += 1
+                    if self.ack_heartbeats:
+                        await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
                 elif op in (2, 6):
                     session = await (self._identify(ws, data) if op == 2 else self._resume(ws, data))
                     if session is not None:
