@@ -1,0 +1,134 @@
+"""Serving a routed request: the chosen model first, the next candidate when it fails.
+
+A model fails when it cannot load (ModelUnavailableError), its queue is full
+(BusyError), the prompt does not fit it, its remote server refuses or goes away
+(RemoteError), or generation raises. The next model in the decision's order then
+serves, and the reply starts with one short line saying so. When a model fails after
+part of its answer was already streamed, that part cannot be unsent: a line says the
+answer restarts, and the next model answers in full.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from models.catalog import Catalog, CatalogError
+from models.chat_template import Message
+from models.pool import BusyError, ModelPool, ModelUnavailableError
+from models.remote import RemoteError, RemoteModels
+from models.runtime import ContextLengthError, GenerationStats, SamplingParams
+
+log = logging.getLogger("aibox.router")
+
+FAILURES = (BusyError, ModelUnavailableError, RemoteError, ContextLengthError, CatalogError, RuntimeError, OSError)
+
+
+class AllModelsFailed(Exception):
+    """No candidate could serve the request; the message lists why each one failed."""
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, BusyError):
+        return "is busy"
+    if isinstance(error, ModelUnavailableError):
+        return "cannot be loaded"
+    if isinstance(error, ContextLengthError):
+        return "cannot fit the prompt"
+    if isinstance(error, RemoteError):
+        return "is unreachable"
+    return "failed"
+
+
+class Backends:
+    """Opens a stream on a model wherever it runs: the local pool or a remote server."""
+
+    def __init__(self, catalog: Catalog, pool: ModelPool, remotes: RemoteModels) -> None:
+        self.catalog = catalog
+        self.pool = pool
+        self.remotes = remotes
+
+    async def open(self, model: str, messages: Sequence[Message], params: SamplingParams):  # noqa: ANN201 - Stream | RemoteStream
+        card = self.catalog.get(model)
+        if card.is_local:
+            return await self.pool.stream(model, messages, params)
+        return await self.remotes.get(model).stream(messages, params)
+
+
+class FallbackStream:
+    """Text of the answer from the first model in `order` that serves it.
+
+    `model` is the one that served (set once it starts answering), `failures` what went
+    wrong before, `stats` the serving generation's figures."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        order: Sequence[str],
+        messages: Sequence[Message],
+        params: SamplingParams,
+        on_finished: Callable[[str, GenerationStats], None] = lambda _m, _s: None,
+    ) -> None:
+        if not order:
+            raise ValueError("no model to try")
+        self.backends = backends
+        self.order = list(order)
+        self.messages = list(messages)
+        self.params = params
+        self.on_finished = on_finished
+        self.model: str | None = None
+        self.stats: GenerationStats | None = None
+        self.failures: list[tuple[str, str]] = []
+        self._current = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    def cancel(self) -> None:
+        if self._current is not None:
+            self._current.cancel()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        wanted = self.order[0]
+        noted = False
+        for model in self.order:
+            sent_any = False
+            try:
+                stream = await self.backends.open(model, self.messages, self.params)
+                self._current = stream
+                async for piece in stream:
+                    if not sent_any and not noted and model != wanted:
+                        why = self.failures[0][1].split(":", 1)[0]
+                        yield f"({wanted} {why}; answered by {model}.)\n\n"
+                        noted = True
+                    sent_any = True
+                    self.model = model
+                    yield piece
+            except FAILURES as e:
+                log.warning("model failed, falling back", extra={"model": model, "error": str(e), "streamed": sent_any})
+                if sent_any:
+                    self.failures.append((model, f"stopped mid-answer: {e}"))
+                    following = self._next_after(model)
+                    if following:
+                        yield f"\n\n({model} stopped mid-answer; {following} answers in full below.)\n\n"
+                        noted = True
+                else:
+                    self.failures.append((model, f"{_why(e)}: {e}"))
+                continue
+            finally:
+                if self._current is not None and self._current.stats is not None:
+                    self.stats = self._current.stats
+                    self.on_finished(model, self._current.stats)
+                self._current = None
+            self.model = model
+            return
+        reasons = "; ".join(f"{m} {why}" for m, why in self.failures)
+        raise AllModelsFailed(f"no model could answer: {reasons}")
+
+    def _next_after(self, model: str) -> str | None:
+        i = self.order.index(model)
+        return self.order[i + 1] if i + 1 < len(self.order) else None
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self])
+
