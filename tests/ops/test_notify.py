@@ -136,3 +136,23 @@ def test_daemon_speaks_sd_notify(tmp_path: Path, models_dir: Path, notify_abstra
         assert daemon.stop() == 0, daemon.log_tail()
     assert notify_abstract.wait_for("STOPPING", "1", timeout=5)
     assert not daemon.admin_socket.exists()
+
+
+async def test_a_blocked_event_loop_stops_the_pings(notify_path: NotifySocket) -> None:
+    """The pings come from the loop itself, so a loop stuck in blocking code goes quiet and
+    systemd's watchdog fires: 1 s of blocking at a 0.1 s ping interval yields one ping, not ten."""
+    import asyncio
+
+    n = Notifier(notify_path.address, "200000", "")
+    task = asyncio.create_task(n.watchdog_loop())
+    await asyncio.sleep(0)
+    time.sleep(1.0)
+    task.cancel()
+    notify_path.sock.settimeout(0.05)
+    pings = 0
+    while True:
+        try:
+            pings += notify_path.sock.recv(64) == b"WATCHDOG=1"
+        except TimeoutError:
+            break
+    assert pings == 1
