@@ -11,6 +11,8 @@ import asyncio
 import logging
 from datetime import datetime
 
+from sqlalchemy import insert
+
 from aibox.store import Store
 from aibox.store.schema import utcnow
 from connectors.tables import AuditEntry
@@ -23,7 +25,7 @@ class AuditLog:
         self.store = store
         self.flush_every = flush_every
         self.batch = batch
-        self._pending: list[AuditEntry] = []
+        self._pending: list[dict[str, object]] = []
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -36,10 +38,8 @@ class AuditLog:
         detail: str = "",
     ) -> None:
         self._pending.append(
-            AuditEntry(
-                at=utcnow(), platform=platform, chat_id=chat_id, sender_id=sender_id,
-                decision=decision, detail=detail[:256],
-            )
+            {"at": utcnow(), "platform": platform, "chat_id": chat_id, "sender_id": sender_id,
+             "decision": decision, "detail": detail[:256]}
         )
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_soon())
@@ -57,9 +57,10 @@ class AuditLog:
                 except Exception:
                     log.exception("could not write %d audit entries", len(entries))
 
-    def _write(self, entries: list[AuditEntry]) -> None:
+    def _write(self, entries: list[dict[str, object]]) -> None:
+        """One executemany: ORM objects would cost more than the message they describe."""
         with self.store.session() as s:
-            s.add_all(entries)
+            s.execute(insert(AuditEntry), entries)
 
     def recent(self, limit: int = 100, since: datetime | None = None) -> list[dict[str, object]]:
         """The latest entries, newest first, as plain dicts for the admin API."""

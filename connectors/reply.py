@@ -143,11 +143,13 @@ class ReplyStreamer:
         pacer: ChatPacer | None = None,
         policy: RetryPolicy | None = None,
         typing_interval: float = 4.0,
+        typing_delay: float = 0.3,
     ) -> None:
         self.connector = connector
         self.pacer = pacer or ChatPacer()
         self.policy = policy or RetryPolicy()
         self.typing_interval = typing_interval
+        self.typing_delay = typing_delay
 
     async def stream(
         self, chat_id: str, deltas: AsyncIterable[str], reply_to: str | None = None
@@ -167,6 +169,7 @@ class _Reply:
         self.pacer = streamer.pacer
         self.policy = streamer.policy
         self.typing_interval = streamer.typing_interval
+        self.typing_delay = streamer.typing_delay
         self.chat_id = chat_id
         self.reply_to = reply_to
         self.pace_key = f"{self.connector.platform}:{chat_id}"
@@ -278,6 +281,9 @@ class _Reply:
         self.pacer.hold(self.pace_key, seconds)
 
     async def _keep_typing(self) -> None:
+        """Shows "typing…" until the answer is complete. An answer that is ready within
+        `typing_delay` never needed it, and saves a platform call per reply."""
+        await asyncio.sleep(self.typing_delay)
         while not self.done:
             try:
                 await self.connector.typing(self.chat_id)

@@ -42,6 +42,11 @@ from connectors.settings import ConnectorSettings
 
 log = logging.getLogger(__name__)
 
+# Calls in flight to the Bot API at once (the poll has its own connection). More wait
+# here, in a cheap queue: httpx's pool queue rescans every waiting request whenever a
+# connection frees up, which under a burst costs more than the calls themselves.
+MAX_IN_FLIGHT = 16
+
 # We call getUpdates through `do_api_request` to get the raw list (see the module doc);
 # PTB advises using `get_updates` instead, which is exactly what we cannot do here.
 warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
@@ -68,6 +73,7 @@ class TelegramConnector(Connector):
         self._offset: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._backoff = RetryPolicy(base_delay=1.0, max_delay=30.0)
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def start(self, sink: MessageSink) -> None:
         self._sink = sink
@@ -77,7 +83,7 @@ class TelegramConnector(Connector):
             self.settings.token.get(),
             base_url=self.settings.base_url,
             base_file_url=self.settings.base_file_url,
-            request=HTTPXRequest(connection_pool_size=64, read_timeout=timeout, connect_timeout=timeout, pool_timeout=timeout),
+            request=HTTPXRequest(connection_pool_size=MAX_IN_FLIGHT, read_timeout=timeout, connect_timeout=timeout, pool_timeout=timeout),
             get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=timeout, connect_timeout=timeout),
         )
         try:
@@ -136,7 +142,8 @@ class TelegramConnector(Connector):
     async def _call(self, call: Any) -> Any:
         """Maps PTB's exceptions onto the ones the reply streamer understands."""
         try:
-            return await call
+            async with self._slots:
+                return await call
         except RetryAfter as e:
             raise RateLimited(_seconds(e), "Telegram flood control") from None
         except (BadRequest, Forbidden, InvalidToken) as e:

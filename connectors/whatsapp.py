@@ -16,6 +16,7 @@ are normal: the gateway drops them by message id.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 # per-recipient pair limit. Meta sends some of them with status 400, not 429.
 RATE_LIMIT_CODES = {4, 80007, 130429, 131048, 131056}
 DEFAULT_RETRY_AFTER = 2.0
+# Calls in flight to the Graph API at once. More wait here, in a cheap queue: httpx's own
+# pool queue rescans every waiting request whenever a connection frees up.
+MAX_IN_FLIGHT = 16
 MEDIA_KINDS = ("image", "audio", "video", "document", "sticker", "voice")
 
 
@@ -68,6 +72,7 @@ class WhatsAppConnector(Connector):
         self._app_secret = b""
         self._verify_token = ""
         self._last_inbound: dict[str, str] = {}
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.port = settings.listen_port
 
     @property
@@ -84,7 +89,7 @@ class WhatsAppConnector(Connector):
             base_url=f"{s.graph_url.rstrip('/')}/{s.api_version}/",
             headers={"Authorization": f"Bearer {s.access_token.get()}"},
             timeout=s.request_timeout_s,
-            limits=httpx.Limits(max_connections=64),
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
         )
         try:
             await self._check_number()
@@ -162,7 +167,8 @@ class WhatsAppConnector(Connector):
         if self._client is None:
             raise ConnectorError("the WhatsApp connector is not started")
         try:
-            response = await self._client.request(method, path, **kwargs)
+            async with self._slots:
+                response = await self._client.request(method, path, **kwargs)
         except httpx.TransportError as e:
             raise TransientError(f"Graph API unreachable: {type(e).__name__}") from None
         try:

@@ -52,3 +52,51 @@ def runtime(
     table.add_row("without KV reuse", f"{reuse['without_reuse']['turn10_ttft_s'] * 1000:.0f}")
     console.print(table)
     console.print(f"turn-10 TTFT speedup from reuse: {result['turn10_ttft_speedup']:.1f}x  (target >= 3x)")
+
+
+@app.command("pipeline")
+def pipeline(
+    platform: list[str] = typer.Option(None, "--platform", "-p", help="Only these platforms (repeatable; default: all four)."),
+    messages: int = typer.Option(1000, min=10, help="Measured messages per platform."),
+    chats: int = typer.Option(100, min=1, help="Chats talking at once."),
+    think_ms: float = typer.Option(1000.0, min=0, help="Mean pause between a reply and the chat's next message; 0 saturates."),
+    json: Path = typer.Option(None, "--json", help="Also write the full results to this JSON file."),
+) -> None:
+    """Message in to first reply byte through each platform's fake server, stub model: p50/p99."""
+    from rich.progress import Progress
+
+    from aibox.bench.pipeline import BenchUnavailable, bench_pipeline
+
+    total = messages + chats
+    with Progress(console=err_console, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(name: str, done: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        try:
+            result = bench_pipeline(platform or None, messages, chats, think_ms, progress)
+        except BenchUnavailable as e:
+            fail(str(e), EXIT_NOINPUT)
+    write_json(json, result)
+    console.print(
+        f"{result['concurrent_chats']} concurrent chats, think time {result['think_ms']:.0f} ms, stub model, "
+        f"on {result['machine']['summary']}; load average {result['load_avg_1m']['before']:.1f} before, "
+        f"{result['load_avg_1m']['after']:.1f} after"
+    )
+    table = Table("platform", "messages", "p50 ms", "p99 ms", "mean ms", "max ms", "errors")
+    failed = False
+    for r in result["results"]:
+        if "error" in r:
+            table.add_row(r["platform"], "-", "-", "-", "-", "-", r["error"])
+            failed = True
+            continue
+        failed = failed or r["errors"] > 0
+        table.add_row(r["platform"], str(r["messages"]), f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                      f"{r['mean_ms']:.1f}", f"{r['max_ms']:.1f}", str(r["errors"]))
+    console.print(table)
+    console.print(f"target: p50 under {result['target_p50_ms']:.0f} ms, no errors")
+    if failed:
+        raise typer.Exit(1)

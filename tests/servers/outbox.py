@@ -36,12 +36,23 @@ class Outbox:
 
     def __init__(self) -> None:
         self._messages: dict[tuple[str, str], BotMessage] = {}
+        self._by_chat: dict[str, list[BotMessage]] = {}
         self._changed = asyncio.Event()
+        self._posted: dict[str, asyncio.Event] = {}
         self.typing: list[str] = []
 
     def post(self, chat_id: str, message_id: str, text: str, reply_to: str | None = None) -> BotMessage:
         message = BotMessage(chat_id, message_id, text, reply_to, versions=[text], version_times=[time.perf_counter()])
+        chat = self._by_chat.setdefault(chat_id, [])
+        earlier = self._messages.get((chat_id, message_id))
+        if earlier is None:
+            chat.append(message)
+        else:
+            chat[chat.index(earlier)] = message
         self._messages[(chat_id, message_id)] = message
+        posted = self._posted.pop(chat_id, None)
+        if posted is not None:
+            posted.set()
         self._notify()
         return message
 
@@ -64,7 +75,23 @@ class Outbox:
         self._notify()
 
     def in_chat(self, chat_id: str) -> list[BotMessage]:
-        return [m for m in self._messages.values() if m.chat_id == chat_id]
+        return list(self._by_chat.get(chat_id, ()))
+
+    async def wait_for_posts(self, chat_id: str, count: int, timeout: float = 10.0) -> list[BotMessage]:
+        """Waits until `chat_id` holds at least `count` messages, waking only on that
+        chat's posts: with a hundred chats waiting at once (the pipeline benchmark), waking
+        every waiter on every change would cost more than the pipeline being measured."""
+        deadline = time.monotonic() + timeout
+        while len(self._by_chat.get(chat_id, ())) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{count} messages not posted in {chat_id} within {timeout:g} s")
+            event = self._posted.setdefault(chat_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                pass
+        return self.in_chat(chat_id)
 
     def all(self) -> list[BotMessage]:
         return list(self._messages.values())
