@@ -60,6 +60,11 @@ class Notifier:
         """Sent on SIGHUP; the next `ready()` ends the reload."""
         return self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
+    def extend_start(self, seconds: float, status: str) -> bool:
+        """Asks systemd for `seconds` more start-up time (EXTEND_TIMEOUT_USEC) while a slow
+        step, such as pulling the default model, is still making progress."""
+        return self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", f"STATUS={_one_line(status)}")
+
     def stopping(self, status: str = "") -> bool:
         lines = ["STOPPING=1"]
         if status:

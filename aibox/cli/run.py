@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import typer
 
@@ -10,6 +11,7 @@ from aibox.cli.common import EXIT_CONFIG, EXIT_FAILURE, err_console, fail, get_c
 from aibox.cli.models import byte_progress, card_or_fail
 from aibox.config import ConfigError
 from aibox.logs import setup_logging
+from aibox.notify import Notifier
 from models.files import PullError, is_present, pull
 
 
@@ -28,8 +30,17 @@ def run(
     card = card_or_fail(config, config.default_model)
     if pull_default and card.is_local and not is_present(card, config.models_path):
         with byte_progress(f"pulling default model {card.name}", enabled=err_console.is_terminal) as progress:
+            notifier, last = Notifier(), [0.0]
+
+            def report(done: int, total: int) -> None:
+                """Under systemd, each second of progress buys another minute of start-up time."""
+                progress(done, total)
+                if notifier.enabled and time.monotonic() - last[0] >= 1.0:
+                    last[0] = time.monotonic()
+                    notifier.extend_start(60, f"pulling {card.name}: {done * 100 // max(total, 1)}%")
+
             try:
-                pull(card, config.models_path, progress=progress, log=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+                pull(card, config.models_path, progress=report, log=lambda m: err_console.print(f"[dim]{m}[/dim]"))
             except PullError as e:
                 fail(str(e))
     try:

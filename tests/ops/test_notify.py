@@ -156,3 +156,22 @@ async def test_a_blocked_event_loop_stops_the_pings(notify_path: NotifySocket) -
         except TimeoutError:
             break
     assert pings == 1
+
+
+def test_pulling_the_default_model_extends_the_start_timeout(tmp_path: Path, smollm2_path: Path, notify_abstract: NotifySocket) -> None:
+    """A first start that must pull its model asks systemd for more time as the pull
+    progresses, instead of being killed by TimeoutStartSec=. The card's only source is
+    a local path here, so the pull is a real one without the network."""
+    state = tmp_path / "state"
+    (state / "cards").mkdir(parents=True)
+    shipped = (Path(__file__).parents[2] / "models" / "cards" / "smollm2-135m-instruct.toml").read_text()
+    card = shipped.split("[[sources]]")[0] + f'[[sources]]\ntype = "path"\npath = "{smollm2_path}"\n'
+    (state / "cards" / "smollm2-135m-instruct.toml").write_text(card)
+    daemon = DaemonProcess(state, {"models_dir": str(tmp_path / "models")}, env={"NOTIFY_SOCKET": notify_abstract.address})
+    with daemon:
+        extend = notify_abstract.wait_for("EXTEND_TIMEOUT_USEC")
+        assert extend["EXTEND_TIMEOUT_USEC"] == "60000000"
+        assert extend["STATUS"].startswith("pulling smollm2-135m-instruct: ")
+        notify_abstract.wait_for("READY", "1")
+        assert (tmp_path / "models" / smollm2_path.name).stat().st_size == smollm2_path.stat().st_size
+        assert daemon.stop() == 0
