@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import stat
+import time
 
 import httpx
 import pytest
@@ -189,3 +190,24 @@ def test_api_key_is_required_when_configured(tmp_path, models_dir):
             assert c.get("/v1/models", headers={"Authorization": "Bearer k-123456789"}).status_code == 200
             assert c.get("/healthz").status_code == 200
         assert "k-123456789" not in proc.log_tail(100_000)
+
+
+def test_client_disconnect_cancels_the_generation(daemon, client):
+    def cancelled_count() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith('aibox_requests_total{model="smollm2-135m-instruct",outcome="cancelled"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = cancelled_count()
+    with httpx.Client(base_url=daemon.api, timeout=120) as c:
+        with c.stream("POST", "/v1/chat/completions", json=_chat("Write a very long story about a dragon.", max_tokens=2000, stream=True)) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+    for _ in range(600):
+        if cancelled_count() > before:
+            break
+        time.sleep(0.1)
+    assert cancelled_count() == before + 1
+    assert daemon.admin("GET", "/status")["models"][0]["queue_depth"] == 0
