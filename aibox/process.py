@@ -3,6 +3,7 @@ tests that need a real `aibox run` (signals, sockets, crash and restart)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -97,6 +99,13 @@ class DaemonProcess:
     def __exit__(self, *_exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the process that started it dies, so a killed
+    benchmark or test run never leaves a daemon behind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
