@@ -6,9 +6,9 @@ skipped instead of wedging the offset (PTB's updater re-fetches the same batch f
 when one update fails to parse), and reconnects need our backoff with jitter and a
 health state `aibox status` can show.
 
-Updates are fetched raw and parsed one by one; the offset moves past every update seen,
-parsed or not, and is confirmed with a last `getUpdates(timeout=0)` on stop so that a
-restart does not replay old messages.
+A batch that PTB cannot parse is fetched again raw and parsed update by update; the
+offset moves past every update seen, parsed or not, and is confirmed with a last
+`getUpdates(timeout=0)` on stop so that a restart does not replay old messages.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 # connection frees up, which under a burst costs more than the calls themselves.
 MAX_IN_FLIGHT = 16
 
-# We call getUpdates through `do_api_request` to get the raw list (see the module doc);
-# PTB advises using `get_updates` instead, which is exactly what we cannot do here.
+# After a batch fails to parse we fetch it raw through `do_api_request` (see the module
+# doc); PTB then advises using `get_updates`, which is exactly what failed.
 warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
 
 
@@ -177,29 +177,39 @@ class TelegramConnector(Connector):
                 self._set("degraded", f"polling failed ({what}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
                 continue
-            for raw in updates:
-                await self._dispatch(raw)
+            for update_id, update in updates:
+                await self._dispatch(update_id, update)
 
-    async def _get_updates(self, timeout: int) -> list[Any]:
-        result = await self._bot.do_api_request(
+    async def _get_updates(self, timeout: int) -> list[tuple[int | None, Update | None]]:
+        """The next batch as (update_id, update); the update is None when it is malformed."""
+        try:
+            updates = await self._bot.get_updates(
+                offset=self._offset, timeout=timeout, allowed_updates=["message"],
+                read_timeout=self.settings.request_timeout_s,
+            )
+            return [(u.update_id, u) for u in updates]
+        except TelegramError:
+            raise
+        except Exception:
+            log.warning("a Telegram update could not be parsed; fetching the batch again to skip only that one")
+        raw = await self._bot.do_api_request(
             "getUpdates",
-            api_kwargs={"offset": self._offset, "timeout": timeout, "allowed_updates": ["message"]},
-            read_timeout=timeout + self.settings.request_timeout_s,
+            api_kwargs={"offset": self._offset, "timeout": 0, "allowed_updates": ["message"]},
         )
-        if not isinstance(result, list):
-            raise NetworkError(f"getUpdates answered {type(result).__name__}, not a list")
-        return result
+        if not isinstance(raw, list):
+            raise NetworkError(f"getUpdates answered {type(raw).__name__}, not a list")
+        return [(_update_id(r), _parse(r, self._bot)) for r in raw]
 
-    async def _dispatch(self, raw: Any) -> None:
-        update_id = raw.get("update_id") if isinstance(raw, dict) else None
-        if isinstance(update_id, int):
+    async def _dispatch(self, update_id: int | None, update: Update | None) -> None:
+        if update_id is not None:
             self._offset = max(self._offset or 0, update_id + 1)
         try:
-            update = Update.de_json(raw, self._bot)
             msg = self._inbound(update.message) if update is not None and update.message else None
         except Exception as e:  # one malformed update must not stop the others
             log.warning("skipped a malformed Telegram update %r: %s", update_id, e)
             return
+        if update is None:
+            log.warning("skipped a malformed Telegram update %r", update_id)
         if msg is None or self._sink is None:
             return
         try:
@@ -245,6 +255,18 @@ class TelegramConnector(Connector):
             if state in ("failed", "degraded"):
                 log.warning("telegram connector %s: %s", state, redact(detail))
             self._health = Health(state, redact(detail))  # type: ignore[arg-type]
+
+
+def _update_id(raw: Any) -> int | None:
+    value = raw.get("update_id") if isinstance(raw, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def _parse(raw: Any, bot: Bot) -> Update | None:
+    try:
+        return Update.de_json(raw, bot)
+    except Exception:
+        return None
 
 
 def _seconds(e: RetryAfter) -> float:

@@ -25,8 +25,9 @@ from tests.servers.telegram import BOT_USERNAME, TelegramServer
 OWNER = 4242
 
 pytestmark = [
-    # Warnings our connector filters at import (pytest resets filters per test) and PTB's
-    # own notice about the type of RetryAfter.retry_after, raised inside PTB.
+    # PTB's advice to use get_updates, after a batch get_updates could not parse (our
+    # connector filters it at import; pytest resets filters per test), and PTB's notice
+    # about the type of RetryAfter.retry_after, raised inside PTB.
     pytest.mark.filterwarnings("ignore:Please use 'Bot.getUpdates':UserWarning"),
     pytest.mark.filterwarnings("ignore:Deprecated since version v22.2:DeprecationWarning"),
 ]
