@@ -51,6 +51,8 @@ def run_checks(config_path: str | Path | None = None, deep: bool = False) -> lis
     checks.append(Check("config", "ok", f"{path} is valid" if config.source else f"no file at {path}; running on defaults"))
     if config.source:
         checks.append(check_private_file("config permissions", config.source))
+    if config.connectors:
+        checks.append(check_connectors(config))
     checks += check_secrets(config)
     checks += check_models(config, deep)
     checks.append(check_disk(config.state_path))
@@ -65,6 +67,18 @@ def check_private_file(name: str, path: Path) -> Check:
     if mode & 0o077:
         return Check(name, "fail", f"{path} has mode {mode:04o}: others on the box can read it", f"chmod 600 {path}")
     return Check(name, "ok", f"{path} is {mode:04o}")
+
+
+def check_connectors(config: Config) -> Check:
+    """The same validation the daemon runs on start, so a typo shows here first."""
+    from connectors.manager import load_settings  # imports every platform's client library
+
+    try:
+        settings = load_settings(config.connectors)
+    except ConfigError as e:
+        return Check("connectors", "fail", str(e), "fix the key named above")
+    enabled = sorted(name for name, s in settings.items() if s.enabled)
+    return Check("connectors", "ok", f"settings valid; enabled: {', '.join(enabled) or 'none'}")
 
 
 def credential_path(config: Config, name: str) -> Path:

@@ -42,6 +42,7 @@ def test_healthy_box_passes(tmp_path: Path, models_dir: Path) -> None:
     assert code == 0, checks
     assert checks["config"]["status"] == "ok" and checks["config permissions"]["detail"].endswith("is 0600")
     assert checks["secret connectors.telegram.token"]["status"] == "ok"
+    assert checks["connectors"] == {"name": "connectors", "status": "ok", "detail": "settings valid; enabled: telegram", "fix": ""}
     assert checks["model smollm2-135m-instruct"]["status"] == "ok"
     assert checks["database"]["status"] == "ok"
     assert checks["disk space"]["status"] in ("ok", "warn")
@@ -63,6 +64,13 @@ def test_invalid_config_names_the_key(tmp_path: Path, models_dir: Path) -> None:
     code, checks = doctor(cfg)
     assert code == 1
     assert "runtime.queue_size" in checks["config"]["detail"] and checks["config"]["status"] == "fail"
+
+
+def test_bad_connector_settings_fail(tmp_path: Path, models_dir: Path) -> None:
+    cfg = write_box(tmp_path, models_dir, '[connectors.telegram]\ntoken = "env:TG"\ndm_policy = "everyone"\n')
+    code, checks = doctor(cfg)
+    assert code == 1
+    assert checks["connectors"]["status"] == "fail" and "connectors.telegram.dm_policy" in checks["connectors"]["detail"]
 
 
 def test_secrets_missing_or_exposed(tmp_path: Path, models_dir: Path) -> None:
