@@ -9,16 +9,15 @@ from rich.markup import escape
 from aibox.cli.common import EXIT_FAILURE, JsonOption, print_json
 from aibox.doctor import run_checks
 
-app = typer.Typer(help="Check config, permissions, models, disk, credentials and the service; print a fix for each problem.")
 MARK = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
 
 
-@app.callback(invoke_without_command=True)
 def doctor(
     ctx: typer.Context,
     as_json: bool = JsonOption,
-    deep: bool = typer.Option(False, "--deep", help="re-hash model files even when their verified stamp is current"),
+    deep: bool = typer.Option(False, "--deep", help="Re-hash model files even when their verified stamp is current."),
 ) -> None:
+    """Check config, permissions, secrets, models, disk, database and the service; print a fix for each problem."""
     config = ctx.find_root().params.get("config")
     console = Console(highlight=False)
     if as_json:

@@ -11,7 +11,6 @@ from rich.markup import escape
 from aibox.cli.common import EXIT_NOINPUT, fail, get_config
 from aibox.logs import LOG_FILE, read_log
 
-app = typer.Typer(help="Show the daemon's log.")
 COLOR = {"debug": "dim", "info": "", "warning": "yellow", "error": "red", "critical": "bold red"}
 
 
@@ -28,13 +27,13 @@ def _pretty(line: str) -> str:
     return f"[{style}]{escape(text)}[/{style}]" if style else escape(text)
 
 
-@app.callback(invoke_without_command=True)
 def logs(
     ctx: typer.Context,
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines"),
     lines: int = typer.Option(50, "--lines", "-n", min=0, help="how many recent lines to show first"),
-    as_json: bool = typer.Option(False, "--json", help="print the raw JSON lines"),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON lines."),
 ) -> None:
+    """Show the daemon's log (the JSON file in the logs dir), optionally following it."""
     path = get_config(ctx).logs_path / LOG_FILE
     if not path.exists() and not follow:
         fail(f"no log at {path} yet: the daemon writes it when it runs (under systemd, also `journalctl -u aibox`)", EXIT_NOINPUT)
