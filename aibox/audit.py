@@ -83,6 +83,15 @@ def check_files(config: Config) -> list[Finding]:
             mode = path.stat().st_mode & 0o777
             findings.append(Finding("high", key, f"{path} has mode {mode:04o}: every local user can read the secret",
                                     f"chmod 600 {path}"))
+    if config.store_url.startswith("sqlite:///"):
+        db = Path(config.store_url.removeprefix("sqlite:///"))
+        if _others_can_read(db):
+            findings.append(Finding("high", "database", f"{db} can be read by every local user: it holds chats, memory "
+                                    "and pairing state", f"chmod 600 {db}"))
+    backups = config.state_path / "backups"
+    for archive in sorted(backups.glob("*.tar.gz")) if backups.is_dir() else []:
+        if _others_can_read(archive):
+            findings.append(Finding("high", "backup", f"{archive} can be read by every local user", f"chmod 600 {archive}"))
     if _others_can_read(config.admin_socket):
         findings.append(Finding("high", "admin socket", f"{config.admin_socket} is open to every local user",
                                 f"chmod 660 {config.admin_socket}; the daemon sets this on start"))

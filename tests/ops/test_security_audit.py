@@ -52,13 +52,18 @@ def test_each_risky_setting_is_reported(tmp_path: Path) -> None:
     agents.mkdir(parents=True)
     (agents / "yolo.toml").write_text('name = "yolo"\ntools = ["time", "*"]\n')
     (agents / "table.toml").write_text('name = "t"\n[tools]\nallow = ["all"]\n')
+    (tmp_path / "state" / "aibox.db").write_bytes(b"")
+    (tmp_path / "state" / "aibox.db").chmod(0o644)
+    (tmp_path / "state" / "backups").mkdir()
+    (tmp_path / "state" / "backups" / "aibox-1.tar.gz").write_bytes(b"")
+    (tmp_path / "state" / "backups" / "aibox-1.tar.gz").chmod(0o604)
     code, findings = audit(cfg)
     assert code == 1
     by_setting = {f["setting"]: f for f in findings}
     assert set(by_setting) == {
         "api.host", "connectors.telegram.dm_policy", "connectors.slack.dm_policy", "config file",
         "connectors.discord.token", "connectors.slack.bot_token",
-        f"{agents / 'table.toml'}: tools", f"{agents / 'yolo.toml'}: tools",
+        f"{agents / 'table.toml'}: tools", f"{agents / 'yolo.toml'}: tools", "database", "backup",
     }
     assert by_setting["config file"]["fix"] == f"chmod 600 {cfg}"
     assert by_setting["connectors.discord.token"]["fix"] == f"chmod 600 {secret}"
