@@ -71,6 +71,22 @@ class ServiceConfig(_Section):
     user: str = Field("aibox", pattern=r"^[a-z_][a-z0-9_-]{0,30}$", description="system user and group the service runs as")
 
 
+class AgentsConfig(_Section):
+    timezone: str = Field("UTC", description="time zone of schedules unless the user names one, e.g. Europe/Berlin")
+    default_agent: str | None = Field(None, description="the agent chats talk to until they /use another; else the one marked default")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use a name like Europe/Berlin or UTC") from None
+        return v
+
+
 class Config(_Section):
     """Everything the daemon reads from its config file."""
 
@@ -83,6 +99,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     service: ServiceConfig = ServiceConfig()
     connectors: dict[str, dict[str, Any]] = {}
+    agents: AgentsConfig = AgentsConfig()
     source: Path | None = Field(None, exclude=True)
 
     @field_validator("state_dir", "models_dir")

@@ -7,11 +7,12 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.routing import BaseRoute
 
+from agents.service import Agents
 from aibox import __version__
 from aibox.api.admin import build_admin_app
 from aibox.api.connectors import connector_routes
@@ -24,12 +25,11 @@ from aibox.notify import Notifier
 from aibox.secrets import SecretError
 from aibox.store import Store
 from aibox.store.schema import Generation
-from connectors.base import InboundMessage
 from connectors.manager import ConnectorManager
 from models.catalog import Catalog, ModelCard
 from models.files import is_present
-from models.pool import BusyError, ModelPool, PoolSettings
-from models.runtime import GenerationStats, SamplingParams
+from models.pool import ModelPool, PoolSettings
+from models.runtime import GenerationStats
 
 log = logging.getLogger("aibox.daemon")
 
@@ -66,6 +66,7 @@ class Daemon:
         self.admin_routes: list[BaseRoute] = []
         self.connectors: ConnectorManager | None = None
         self.admin_routes.extend(connector_routes(self))
+        self.agents: Agents | None = None
         self.ready = False
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
@@ -104,6 +105,8 @@ class Daemon:
             )
         self.notifier.status(f"loading {default.name}")
         await self.pool.worker(default.name)
+        self.agents = Agents(self)
+        self.admin_routes.extend(self.agents.routes())
         await self._serve(build_app(self), bind_tcp(self.host, self.port))
         api_sock = self._servers[-1].servers[0].sockets[0]
         self.api_address = api_sock.getsockname()[:2]
@@ -111,8 +114,9 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._reap_idle_models(), name="reap-idle"))
         if self.config.connectors:
             self.notifier.status("starting chat connectors")
-            self.connectors = ConnectorManager(self.config, self.store, self.respond)
+            self.connectors = ConnectorManager(self.config, self.store, self.agents.runner, inbox=self.agents.inbox)
             await self.connectors.start()
+        await self.agents.start()
         self.ready = True
         log.info("ready", extra={"api": f"http://{self.api_address[0]}:{self.api_address[1]}", "version": __version__})
 
@@ -199,6 +203,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self.agents is not None:
+            await self.agents.stop()
         if self.connectors is not None:
             await self.connectors.stop()
         for server in self._servers:
@@ -247,23 +253,6 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def respond(self, msg: InboundMessage) -> AsyncIterator[str]:
-        """The connectors' responder: one turn with the default model, streamed back."""
-        params = SamplingParams(max_tokens=self.config.runtime.max_tokens)
-        messages = [{"role": "user", "content": msg.text}]
-        try:
-            stream = await self.pool.stream(self.config.default_model, messages, params)
-        except BusyError as e:
-            yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
-            return
-        try:
-            async for piece in stream:
-                yield piece
-        finally:
-            stream.cancel()
-        if stream.stats is not None:
-            self.record(stream.model, stream.stats, source=msg.platform, sender=f"{msg.platform}:{msg.sender_id}")
-
     def status(self) -> dict[str, Any]:
         loaded = self.pool.loaded
         return {
@@ -284,4 +273,5 @@ class Daemon:
             ],
             "state_dir": str(self.config.state_path),
             "connectors": self.connectors.health() if self.connectors is not None else {},
+            "agents": self.agents.status() if self.agents is not None else None,
         }

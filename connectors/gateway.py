@@ -17,9 +17,11 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from connectors.audit import AuditLog
 from connectors.base import Connector, InboundMessage, MessageSink
+from connectors.errors import ConnectorError
 from connectors.pairing import Pairing, PairingError
 from connectors.policy import SenderRateLimit, command_name, decide, sender_role
 from connectors.reply import ChatPacer, ReplyStreamer
@@ -28,6 +30,16 @@ from connectors.settings import ConnectorSettings
 log = logging.getLogger(__name__)
 
 Responder = Callable[[InboundMessage], AsyncIterator[str]]
+
+
+class Inbox(Protocol):
+    """Where answered messages are kept (agents/inbox.py): stored before the platform is
+    acknowledged, marked answered after delivery, replayed after a crash."""
+
+    async def admit(self, msg: InboundMessage) -> bool: ...
+    async def answered(self, msg: InboundMessage) -> None: ...
+    def release(self, msg: InboundMessage) -> None: ...
+    def journal(self, connector: Connector) -> Connector: ...
 
 SLOW_DOWN = "You're sending messages faster than I can answer. Please slow down a little and try again in a minute."
 ADMIN_ONLY = "Sorry, that command is only for the owner and admins of this box."
@@ -43,7 +55,10 @@ def pairing_text(code: str) -> str:
 
 
 class Gateway:
-    def __init__(self, pairing: Pairing, audit: AuditLog, responder: Responder, remember: int = 20_000) -> None:
+    def __init__(
+        self, pairing: Pairing, audit: AuditLog, responder: Responder, remember: int = 20_000, inbox: Inbox | None = None
+    ) -> None:
+        self.inbox = inbox
         self.pairing = pairing
         self.audit = audit
         self.responder = responder
@@ -56,7 +71,8 @@ class Gateway:
     def attach(self, connector: Connector, settings: ConnectorSettings, streamer: ReplyStreamer | None = None) -> MessageSink:
         """Registers a connector and returns the sink it must hand its messages to."""
         limiter = SenderRateLimit(settings.rate_limit_per_minute, settings.rate_limit_burst)
-        streamer = streamer or ReplyStreamer(connector, pacer=ChatPacer(settings.edit_interval_s))
+        outbound = self.inbox.journal(connector) if self.inbox is not None else connector
+        streamer = streamer or ReplyStreamer(outbound, pacer=ChatPacer(settings.edit_interval_s))
         self._connectors[connector.platform] = (connector, settings, streamer, limiter)
 
         async def sink(msg: InboundMessage) -> None:
@@ -64,7 +80,9 @@ class Gateway:
 
         return sink
 
-    async def handle(self, msg: InboundMessage) -> None:
+    async def handle(self, msg: InboundMessage, recovered: bool = False) -> None:
+        """`recovered`: a message replayed from the inbox after a restart; it was let
+        through once already, so the sender's rate limit does not apply again."""
         connector, settings, streamer, limiter = self._connectors[msg.platform]
         if self._repeat(msg.key):
             self._audit(msg, "duplicate")
@@ -77,7 +95,7 @@ class Gateway:
         if decision.action == "pair":
             await self._offer_pairing(msg, streamer)
             return
-        verdict = limiter.check(f"{msg.platform}:{msg.sender_id}")
+        verdict = "ok" if recovered else limiter.check(f"{msg.platform}:{msg.sender_id}")
         if verdict != "ok":
             self._audit(msg, "rate_limited", "warned" if verdict == "warn" else "dropped")
             if verdict == "warn":
@@ -91,6 +109,9 @@ class Gateway:
             self._audit(msg, "admin_command", "command /pairing")
             self._spawn(msg, streamer.send_text(msg.chat_id, self._pairing_command(msg.text), msg.message_id))
             return
+        if self.inbox is not None and not await self.inbox.admit(msg):
+            self._audit(msg, "duplicate", "already answered")
+            return
         self._audit(msg, decision.reason, f"role {decision.role}")
         self._spawn(msg, self._answer(msg, streamer))
 
@@ -103,9 +124,29 @@ class Gateway:
         self._spawn(msg, streamer.send_text(msg.chat_id, pairing_text(pending.code), msg.message_id))
 
     async def _answer(self, msg: InboundMessage, streamer: ReplyStreamer) -> None:
-        delivered = await streamer.stream(msg.chat_id, self.responder(msg), msg.message_id)
+        try:
+            delivered = await streamer.stream(msg.chat_id, self.responder(msg), msg.message_id)
+        except BaseException:
+            if self.inbox is not None:
+                self.inbox.release(msg)
+            raise
         if delivered.error is not None:
             self._audit(msg, "reply_failed", type(delivered.error).__name__)
+        if self.inbox is not None:
+            reached_chat = delivered.message_ids and not isinstance(delivered.error, ConnectorError)
+            if delivered.error is None or reached_chat:
+                await self.inbox.answered(msg)
+            else:
+                self.inbox.release(msg)
+
+    async def deliver(self, platform: str, chat_id: str, text: str) -> None:
+        """Sends a message the box starts itself (a scheduled job, an alert)."""
+        entry = self._connectors.get(platform)
+        if entry is None:
+            raise ConnectorError(f"no running {platform} connector")
+        delivered = await entry[2].send_text(chat_id, text)
+        if delivered.error is not None:
+            raise delivered.error
 
     def _spawn(self, msg: InboundMessage, work: object) -> None:
         """Runs a reply after any earlier one in the same chat has finished."""

@@ -25,7 +25,7 @@ from aibox.secrets import redact
 from aibox.store import Store
 from connectors.audit import AuditLog
 from connectors.base import Connector, Health
-from connectors.gateway import Gateway, Responder
+from connectors.gateway import Gateway, Inbox, Responder
 from connectors.pairing import Approved, Pairing, Pending
 from connectors.settings import ConnectorSettings
 
@@ -64,11 +64,11 @@ def load_settings(raw: dict[str, dict]) -> dict[str, ConnectorSettings]:
 
 
 class ConnectorManager:
-    def __init__(self, config: Config, store: Store, responder: Responder) -> None:
+    def __init__(self, config: Config, store: Store, responder: Responder, inbox: Inbox | None = None) -> None:
         self.settings = load_settings(config.connectors)
         self.pairing = Pairing(store, {name: s.owner for name, s in self.settings.items()})
         self.audit = AuditLog(store)
-        self.gateway = Gateway(self.pairing, self.audit, responder)
+        self.gateway = Gateway(self.pairing, self.audit, responder, inbox=inbox)
         self.connectors: dict[str, Connector] = {}
         self._problems: dict[str, Health] = {}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import llama_cpp
 from llama_cpp import _internals
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from models.catalog import ModelCard
 from models.chat_template import ChatTemplate, Message
@@ -43,6 +44,7 @@ class SamplingParams:
     top_k: int = 40
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF: constrains the output (tool calls as JSON)
 
 
 @dataclass
@@ -179,6 +181,8 @@ class LocalModel:
 
     def _sampler(self, params: SamplingParams) -> _internals.LlamaSampler:
         sampler = _internals.LlamaSampler()
+        if params.grammar:
+            sampler.add_grammar(self.llm._model, LlamaGrammar.from_string(params.grammar, verbose=False))
         if params.temperature <= 0:
             sampler.add_greedy()
         else:

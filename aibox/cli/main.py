@@ -8,6 +8,7 @@ from aibox import __version__
 from aibox.cli import bench, chat, models, run, status
 from aibox.cli import backup, doctor, logs, security, service
 from aibox.cli import pairing
+from aibox.cli import agents
 
 app = typer.Typer(
     name="aibox",
@@ -43,6 +44,8 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(security.app, name="security")
 app.add_typer(service.app, name="service")
 app.add_typer(pairing.app, name="pairing")
+app.add_typer(agents.app, name="agents")
+app.add_typer(agents.jobs_app, name="jobs")
 
 
 def main() -> None:

@@ -1,0 +1,306 @@
+"""The responder the daemon hands to the connectors: message -> agent turn -> model ->
+streamed reply, plus the chat commands and the answers scheduled jobs ask for.
+
+The gateway has already decided the sender may talk to the box (and refused admin
+commands to everyone but the owner and admins), and the inbox has stored the message.
+Here the chat's agent is chosen (its own pick with /use, else the default), the prompt
+is built from its session memory, the model is picked (the agent's pin, else the
+router's decision when the daemon has a router, else the default model) and the answer
+streams back. When the agent has tools, the sampling grammar lets the model answer in
+prose or with one JSON tool call; calls run (at most a few per turn) and their results
+go back to the model before it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from agents import tools
+from agents.registry import Registry, RegistryError
+from agents.schedule import ScheduleError
+from agents.sessions import Sessions
+from agents.spec import AgentSpec
+from connectors.base import InboundMessage
+from connectors.policy import command_name
+from models.chat_template import Message
+from models.pool import BusyError
+from models.runtime import SamplingParams
+
+if TYPE_CHECKING:
+    from agents.jobs import Jobs
+    from agents.tables import JobInfo
+    from aibox.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("agents", "use", "reset", "remember", "forget", "history", "jobs", "cancel", "remind", "schedule", "help")
+# Plain messages that ask for a job ("remind me ...", "in 20 minutes ...", "every Monday at 9 ...").
+JOB_REQUEST = re.compile(r"^\s*(?:please\s+)?(?:remind me\b|in \d+ (?:second|minute|hour|day|week)|every \w+|at \d{1,2}(?::\d\d)?\b)", re.I)
+SUMMARY_PROMPT = (
+    "Summarise this conversation in at most six sentences for your own memory. Keep names, facts, "
+    "numbers, decisions and open tasks; drop greetings and small talk."
+)
+HELP = (
+    "Commands: /agents, /use NAME, /reset, /remember TEXT, /forget [ID|all], /history [N], "
+    "/remind WHEN WHAT, /jobs, /cancel ID. Or just say \"remind me every weekday at 8:00 to stretch\"."
+)
+
+
+class AgentRunner:
+    def __init__(self, daemon: "Daemon", registry: Registry, sessions: Sessions, timezone: str) -> None:
+        self.daemon = daemon
+        self.registry = registry
+        self.sessions = sessions
+        self.timezone = timezone
+        self.jobs: "Jobs | None" = None
+
+    def __call__(self, msg: InboundMessage) -> AsyncIterator[str]:
+        return self.respond(msg)
+
+    async def respond(self, msg: InboundMessage) -> AsyncIterator[str]:
+        command = command_name(msg.text)
+        if command in COMMANDS:
+            yield await self.command(command, msg)
+            return
+        spec = await self.agent_for(msg.platform, msg.chat_id)
+        if JOB_REQUEST.match(msg.text) and self.jobs is not None:
+            try:
+                created = await self.jobs.create_from_text(msg.text, msg.platform, msg.chat_id, msg.sender_id, spec.name, self.timezone)
+            except ScheduleError:
+                pass  # not a schedule after all: an ordinary message
+            else:
+                yield created.confirmation
+                return
+        async for piece in self.turn(spec, msg.platform, msg.chat_id, msg.sender_id, msg.text, source=msg.platform):
+            yield piece
+
+    async def agent_for(self, platform: str, chat_id: str) -> AgentSpec:
+        chosen = await self.sessions.chosen_agent(platform, chat_id)
+        spec = self.registry.enabled(chosen) if chosen else None
+        if spec is not None and spec.serves(platform, chat_id):
+            return spec
+        return self.registry.default(self.daemon.config.agents.default_agent)
+
+    # -- one turn ------------------------------------------------------------------
+
+    async def turn(
+        self, spec: AgentSpec, platform: str, chat_id: str, sender_id: str | None, text: str, source: str
+    ) -> AsyncIterator[str]:
+        await self._add_user_turn(spec.name, platform, chat_id, text)
+        model, note = self.pick_model(spec, text)
+        if note:
+            yield note + "\n\n"
+        try:
+            worker = await self.daemon.pool.worker(model)
+        except BusyError as e:
+            yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
+            return
+        window = worker.model.n_ctx
+
+        def count(t: str) -> int:
+            return len(worker.model.tokenize(t, special=False))
+
+        now = datetime.now(ZoneInfo(self.timezone))
+        extra = f"It is {now:%A %Y-%m-%d %H:%M} ({self.timezone})."
+        if spec.tools:
+            extra += "\n" + tools.describe(spec.tools)
+        messages = await self.sessions.build_context(spec, platform, chat_id, extra, count, window, self._summariser(spec))
+        ctx = tools.ToolContext(platform, chat_id, sender_id, spec.name, self.timezone, notes=self.sessions, jobs=self.jobs)
+        answer: list[str] = []
+        try:
+            for step in range(tools.MAX_CALLS_PER_TURN + 1):
+                may_call = bool(spec.tools) and step < tools.MAX_CALLS_PER_TURN
+                params = SamplingParams(
+                    max_tokens=min(spec.model.max_tokens, self.daemon.config.runtime.max_tokens),
+                    temperature=spec.model.temperature,
+                    grammar=tools.grammar(spec.tools) if may_call else None,
+                )
+                call_text = None
+                try:
+                    async for piece, is_call in self._generate(model, messages, params, sender_id, spec.name, source):
+                        if is_call:
+                            call_text = piece
+                        else:
+                            answer.append(piece)
+                            yield piece
+                except BusyError as e:
+                    yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
+                    return
+                if call_text is None:
+                    return
+                result = await self.run_tool(call_text, spec, ctx)
+                messages = [*messages, {"role": "assistant", "content": call_text},
+                            {"role": "user", "content": f"Tool result: {result}\nNow answer the user."}]
+        finally:
+            if answer:
+                await self.sessions.add_turn(platform, chat_id, spec.name, "assistant", "".join(answer))
+
+    async def _generate(
+        self, model: str, messages: list[Message], params: SamplingParams, sender: str | None, agent: str, source: str
+    ) -> AsyncIterator[tuple[str, bool]]:
+        """Text pieces as they come, or one whole tool call (`is_call`) when the answer
+        starts with "{" under the tool grammar."""
+        stream = await self.daemon.pool.stream(model, messages, params)
+        head = ""
+        decided = not params.grammar
+        call: list[str] | None = None
+        try:
+            async for piece in stream:
+                if call is not None:
+                    call.append(piece)
+                    continue
+                if not decided:
+                    head += piece
+                    if not head.strip():
+                        continue
+                    decided = True
+                    if head.lstrip().startswith("{"):
+                        call = [head]
+                        continue
+                    piece = head
+                yield piece, False
+        finally:
+            if stream.stats is not None:
+                self.daemon.record(model, stream.stats, source=source, sender=sender, agent=agent)
+        if call is not None:
+            yield "".join(call), True
+
+    async def run_tool(self, call_text: str, spec: AgentSpec, ctx: tools.ToolContext) -> str:
+        parsed = tools.parse_call(call_text)
+        if isinstance(parsed, str) or parsed is None:
+            return parsed or "error: empty tool call"
+        result = await tools.run_call(parsed, spec.tools, ctx)
+        log.info("tool call", extra={"agent": spec.name, "tool": parsed.tool, "ok": not result.startswith("error:")})
+        return result
+
+    def pick_model(self, spec: AgentSpec, text: str) -> tuple[str, str]:
+        """The model for this turn and, when it is not the one the agent asked for, a note saying so."""
+        default = self.daemon.config.default_model
+        if spec.model.policy == "pinned" and spec.model.name:
+            wanted = spec.model.name
+        else:
+            router = getattr(self.daemon, "router", None)
+            wanted = _route(router, text, spec) if router is not None else default
+        try:
+            card = self.daemon.catalog.get(wanted)
+        except Exception:
+            return default, f"({spec.name}'s model {wanted} is not in the catalog; answering with {default}.)"
+        if wanted != default and not (card.is_local and self.daemon.model_available(card)):
+            return default, f"({wanted} is not on this box; answering with {default}.)"
+        return wanted, ""
+
+    async def _add_user_turn(self, agent: str, platform: str, chat_id: str, text: str) -> None:
+        """Skips the turn when it is already the last one: an answer replayed after a crash."""
+        last = await self.sessions.history(platform, chat_id, agent, limit=1)
+        if last and last[-1].role == "user" and last[-1].text == text:
+            return
+        await self.sessions.add_turn(platform, chat_id, agent, "user", text)
+
+    def _summariser(self, spec: AgentSpec):  # noqa: ANN202 - returns agents.sessions.Summariser
+        async def summarise(previous: str, turns: list[tuple[str, str]]) -> str:
+            model = self.fast_model()
+            lines = "\n".join(f"{role}: {text[:1500]}" for role, text in turns)
+            prompt = (f"Earlier summary:\n{previous}\n\n" if previous else "") + f"Conversation:\n{lines}"
+            messages: list[Message] = [{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": prompt}]
+            stream = await self.daemon.pool.stream(model, messages, SamplingParams(max_tokens=200, temperature=0.2))
+            text = (await stream.text()).strip()
+            if stream.stats is not None:
+                self.daemon.record(model, stream.stats, source="agents", agent=spec.name)
+            return text or previous
+
+        return summarise
+
+    def fast_model(self) -> str:
+        for card in self.daemon.catalog.with_role("fast"):
+            if self.daemon.model_available(card):
+                return card.name
+        return self.daemon.config.default_model
+
+    # -- scheduled jobs ------------------------------------------------------------------
+
+    async def ask(self, job: "JobInfo") -> str:
+        """The answer a scheduled job delivers: one turn of its agent, in its chat."""
+        spec = self.registry.enabled(job.agent) or self.registry.default(self.daemon.config.agents.default_agent)
+        pieces = [p async for p in self.turn(spec, job.platform, job.chat_id, job.sender_id, job.task, source="jobs")]
+        return "".join(pieces).strip() or "(no answer)"
+
+    # -- chat commands -------------------------------------------------------------
+
+    async def command(self, name: str, msg: InboundMessage) -> str:
+        arg = msg.text.strip().split(maxsplit=1)[1].strip() if len(msg.text.strip().split(maxsplit=1)) > 1 else ""
+        spec = await self.agent_for(msg.platform, msg.chat_id)
+        p, c = msg.platform, msg.chat_id
+        if name == "help":
+            return HELP
+        if name == "agents":
+            lines = [
+                f"{'→' if a.spec.name == spec.name else ' '} {a.spec.name}{'' if a.enabled else ' (disabled)'}: {a.spec.description}"
+                for a in self.registry.all()
+            ]
+            return "Agents:\n" + "\n".join(lines) + "\nSwitch with /use NAME."
+        if name == "use":
+            try:
+                entry = self.registry.get(arg)
+            except RegistryError as e:
+                return str(e)
+            if not entry.enabled:
+                return f"{arg} is disabled; the owner can enable it with `aibox agents enable {arg}`."
+            if not entry.spec.serves(p, c):
+                return f"{arg} does not serve this chat."
+            await self.sessions.choose_agent(p, c, arg)
+            return f"Now talking to {arg}: {entry.spec.description}"
+        if name == "reset":
+            await self.sessions.reset(p, c, spec.name)
+            return f"Started a fresh conversation with {spec.name}. (The old one is kept; notes stay pinned.)"
+        if name == "remember":
+            if not arg:
+                return "Usage: /remember TEXT"
+            note_id = await self.sessions.remember(p, c, spec.name, arg)
+            return f"Noted ({note_id}). I'll keep it in mind in this chat."
+        if name == "forget":
+            if not arg:
+                notes = await self.sessions.notes(p, c, spec.name)
+                listing = "\n".join(f"{n.id}: {n.text}" for n in notes) or "(no notes)"
+                return f"Notes:\n{listing}\nForget one with /forget ID, or all with /forget all."
+            if arg == "all":
+                return f"Forgot {await self.sessions.forget(p, c, spec.name, None)} notes."
+            if not arg.isdigit():
+                return "Usage: /forget ID (see /forget for the ids) or /forget all"
+            gone = await self.sessions.forget(p, c, spec.name, int(arg))
+            return f"Forgot note {arg}." if gone else f"There is no note {arg} here."
+        if name == "history":
+            limit = int(arg) if arg.isdigit() else 10
+            turns = await self.sessions.history(p, c, spec.name, limit=limit)
+            if not turns:
+                return "No turns yet in this conversation."
+            return "\n".join(f"[{t.at:%m-%d %H:%M}] {t.role}: {_clip(t.text)}" for t in turns)
+        if self.jobs is None:
+            return "Scheduled jobs are not running on this box."
+        if name in ("remind", "schedule"):
+            try:
+                created = await self.jobs.create_from_text(arg, p, c, msg.sender_id, spec.name, self.timezone)
+            except ScheduleError as e:
+                return f"I could not schedule that: {e}"
+            return created.confirmation
+        if name == "jobs":
+            rows = self.jobs.list(p, c)
+            if not rows:
+                return "No scheduled jobs in this chat."
+            return "Jobs:\n" + "\n".join(f"{r['id']}: {r['task']} ({r['schedule']}; next {r['next_run'] or '-'})" for r in rows)
+        if not arg:
+            return "Usage: /cancel ID (see /jobs)"
+        return f"Cancelled job {arg}." if self.jobs.cancel(arg, p, c) else f"There is no job {arg} in this chat."
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _route(router: Any, text: str, spec: AgentSpec) -> str:
+    decision = router.decide(text, agent=spec.name)
+    return decision.model
