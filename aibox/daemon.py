@@ -193,6 +193,9 @@ class Daemon:
             log.warning("changed settings apply after a restart", extra={"keys": needs_restart})
         setup_logging(new.logging.level, new.logging.format, new.logs_path)
         self.config = new
+        if self.agents is not None:
+            await asyncio.to_thread(self.agents.registry.reload)
+            self.agents.sync_agent_schedules()
         for hook in self.reload_hooks:
             try:
                 await hook(new)
