@@ -20,6 +20,11 @@ def status(ctx: typer.Context, json: bool = JsonOption) -> None:
     for m in data["models"]:
         table.add_row(m["name"], f"{m['queue_depth']}/{m['queue_size']}", f"{m['tokens_per_s']:.1f}", f"{m['idle_s']:.0f}")
     console.print(table)
+    if data.get("connectors"):
+        table = Table("connector", "state", "detail")
+        for name, health in data["connectors"].items():
+            table.add_row(name, health["state"], health["detail"])
+        console.print(table)
     for section, value in data.items():
-        if section not in ("version", "ready", "uptime_s", "api", "models", "default_model", "state_dir"):
+        if section not in ("version", "ready", "uptime_s", "api", "models", "default_model", "state_dir", "connectors"):
             console.print(f"[bold]{section}[/bold]: {value}")

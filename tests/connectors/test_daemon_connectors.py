@@ -53,6 +53,8 @@ async def test_pairing_from_the_cli_then_a_model_answer_and_a_failed_connector_i
             assert status["connectors"]["telegram"]["state"] == "ok"
             assert status["connectors"]["whatsapp"]["state"] == "failed"
             assert "EAAG-revoked-token" not in json.dumps(status)
+            shown = (await aibox("status", config=daemon.config_path)).stdout
+            assert re.search(r"whatsapp\s.*failed", shown) and re.search(r"telegram\s.*ok", shown), shown
 
             telegram.user_message(31337, "hello box")
             await telegram.outbox.wait_for(lambda: len(telegram.outbox.in_chat("31337")) == 1, timeout=30)
