@@ -139,6 +139,22 @@ async def test_a_429_in_the_middle_of_streaming_is_waited_out(server: TelegramSe
     assert reply.text == "You said: rate limit me"
 
 
+async def test_a_message_that_cannot_be_edited_any_more_is_sent_anew(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    server.faults.add("editMessageText", status=400)
+    responder = ScriptedResponder(chunks=3, delay=0.2)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, "delete your answer")
+        await server.outbox.wait_for(
+            lambda: server.outbox.in_chat(str(OWNER))[-1:] != []
+            and server.outbox.in_chat(str(OWNER))[-1].text == "You said: delete your answer",
+            timeout=15,
+        )
+    first, *rest = server.outbox.in_chat(str(OWNER))
+    assert len(rest) == 1, "the text went out once more, in a new message"
+    assert "You said: delete your answer".startswith(first.text)
+
+
 async def test_server_errors_are_retried_and_the_reply_arrives_once(server: TelegramServer, tmp_path: Path) -> None:
     settings = fast(server)
     server.faults.add("sendMessage", status=500)

@@ -29,6 +29,8 @@ from tests.servers.outbox import FaultPlan, Outbox
 BOT_ID = 7_000_000_001
 BOT_USERNAME = "aibox_test_bot"
 MAX_TEXT = 4096
+# What Telegram says with a scripted error status (a 400 on an edit: the user deleted it).
+FAULT_DESCRIPTIONS = {400: "Bad Request: message to edit not found", 403: "Forbidden: bot was blocked by the user"}
 
 
 @dataclass
@@ -138,7 +140,7 @@ class TelegramServer:
         if fault is not None and fault.kind == "status":
             if fault.status == 429:
                 return _error(429, f"Too Many Requests: retry after {fault.retry_after:g}", retry_after=fault.retry_after)
-            return _error(fault.status, "Internal Server Error")
+            return _error(fault.status, FAULT_DESCRIPTIONS.get(fault.status, "Internal Server Error"))
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _error(404, "Not Found")
