@@ -7,6 +7,7 @@ delivery, and the model's words do not matter here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -303,3 +304,14 @@ async def test_heartbeats_are_acked_and_a_zombie_gateway_is_replaced(tmp_path: P
             await server.wait_identified()
             await server.user_says("113", OWNER, "alive?")
             await server.outbox.wait_for_text("113", "You said: alive?")
+
+
+async def test_the_token_stays_out_of_debug_logs(server: FakeDiscord, tmp_path: Path, caplog) -> None:
+    settings = fast(server)
+    caplog.set_level(logging.DEBUG)
+    async with wired(DiscordConnector(settings), settings, ScriptedResponder(), tmp_path):
+        await server.user_says("114", OWNER, "hello")
+        await server.outbox.wait_for_text("114", "You said: hello")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "114" in logged, "debug logging was captured"
+    assert TOKEN not in logged

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import time
@@ -382,3 +383,15 @@ async def test_a_busy_events_port_is_reported_not_fatal(server: FakeSlack, tmp_p
         async with wired(connector, settings, ScriptedResponder(), tmp_path):
             health = connector.health()
     assert health.state == "degraded" and "cannot listen for events" in health.detail
+
+
+async def test_tokens_stay_out_of_debug_logs(server: FakeSlack, tmp_path: Path, caplog) -> None:
+    settings = settings_for(server)
+    caplog.set_level(logging.DEBUG)
+    async with wired(SlackConnector(settings), settings, ScriptedResponder(), tmp_path):
+        await server.user_says("D503", OWNER, "hello")
+        await server.outbox.wait_for_text("D503", "You said: hello")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "D503" in logged, "debug logging was captured"
+    for secret in (server.bot_token, server.app_token):
+        assert secret not in logged
