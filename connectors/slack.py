@@ -6,10 +6,11 @@ endpoint instead, where bolt checks each request's v0 HMAC-SHA256 signature and
 refuses timestamps more than five minutes off. Either way bolt drops the bot's own
 events, and this connector drops other bots' (no reply loops).
 
-slack-sdk's Socket Mode client would reconnect at a fixed interval; this connector
-turns that off and reconnects itself with exponential backoff and jitter, so a Slack
-outage is not met by every box in lockstep. A rejected token is final: health() says
-which key and the daemon carries on.
+slack-sdk's Socket Mode client would reconnect a lost connection at a fixed interval;
+this connector turns that off and reconnects itself with exponential backoff and
+jitter, so a Slack outage is not met by every box in lockstep (a refresh that Slack
+asks for with a `disconnect` message is still slack-sdk's to do). A rejected token is
+final: health() says which key and the daemon carries on.
 
 Replies go out as section blocks (3,000 characters each, mrkdwn) with the same text as
 the notification fallback; a 429 becomes `RateLimited` with Slack's Retry-After, so
