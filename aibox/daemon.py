@@ -22,6 +22,7 @@ from aibox.config import Config, ConfigError, load_config
 from aibox.logs import setup_logging
 from aibox.metrics import Metrics
 from aibox.notify import Notifier
+from aibox.router import Router
 from aibox.secrets import SecretError
 from aibox.store import Store
 from aibox.store.schema import Generation
@@ -58,6 +59,7 @@ class Daemon:
                 queue_size=config.runtime.queue_size,
                 state_cache_bytes=config.runtime.state_cache_mb << 20,
                 kv_reuse=config.runtime.kv_reuse,
+                state_dir=config.state_path,
             ),
             on_finished=self.metrics.observe,
         )
@@ -67,6 +69,7 @@ class Daemon:
         self.connectors: ConnectorManager | None = None
         self.admin_routes.extend(connector_routes(self))
         self.agents: Agents | None = None
+        self.router: Router | None = None
         self.ready = False
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
@@ -98,6 +101,8 @@ class Daemon:
         self.config.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.notifier.status("opening the database")
         self.store = await asyncio.to_thread(Store.open, self.config.store_url)
+        self.router = Router.for_daemon(self)
+        self.admin_routes.extend(self.router.routes())
         default = self.catalog.get(self.config.default_model)
         if default.is_local and not is_present(default, self.config.models_path):
             raise StartupError(
@@ -210,6 +215,8 @@ class Daemon:
             await self.agents.stop()
         if self.connectors is not None:
             await self.connectors.stop()
+        if self.router is not None:
+            await self.router.close()
         for server in self._servers:
             server.should_exit = True
         for task in self._tasks:

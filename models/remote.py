@@ -29,7 +29,12 @@ SPEED_WINDOW = 20
 
 
 class RemoteError(Exception):
-    """The remote server refused, failed or went away; the message says which."""
+    """The remote server refused, failed or went away; the message says which, and `kind`
+    is one of "unreachable", "timeout", "refused" or "broken" (failed mid-answer)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -95,7 +100,7 @@ class RemoteStream:
                 try:
                     chunk = json.loads(data)
                 except json.JSONDecodeError:
-                    raise RemoteError(f"{self.model}: the server sent a malformed stream chunk") from None
+                    raise RemoteError(f"{self.model}: the server sent a malformed stream chunk", "broken") from None
                 usage = chunk.get("usage") or {}
                 if usage.get("completion_tokens"):
                     stats.completion_tokens = usage["completion_tokens"]
@@ -110,13 +115,13 @@ class RemoteStream:
                         stats.finish_reason = choice["finish_reason"]
                         finished = True
         except httpx.TimeoutException:
-            raise RemoteError(f"{self.model}: the server stopped sending for {self._owner.read_timeout_s:.0f} s") from None
+            raise RemoteError(f"{self.model}: the server stopped sending for {self._owner.read_timeout_s:.0f} s", "timeout") from None
         except httpx.HTTPError as e:
-            raise RemoteError(f"{self.model}: the server went away mid-answer ({type(e).__name__})") from None
+            raise RemoteError(f"{self.model}: the server went away mid-answer ({type(e).__name__})", "broken") from None
         finally:
             await self._close()
         if not finished:
-            raise RemoteError(f"{self.model}: the server closed the stream before the answer was complete")
+            raise RemoteError(f"{self.model}: the server closed the stream before the answer was complete", "broken")
         stats.completion_tokens = stats.completion_tokens or pieces
         stats.total_s = time.perf_counter() - self._started
         self.stats = stats
@@ -164,13 +169,13 @@ class RemoteModel:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:
-            raise RemoteError(f"{self.card.name}: {self.endpoint.base_url} did not answer in time") from None
+            raise RemoteError(f"{self.card.name}: {self.endpoint.base_url} did not answer in time", "timeout") from None
         except httpx.HTTPError as e:
-            raise RemoteError(f"{self.card.name}: cannot reach {self.endpoint.base_url} ({type(e).__name__})") from None
+            raise RemoteError(f"{self.card.name}: cannot reach {self.endpoint.base_url} ({type(e).__name__})", "unreachable") from None
         if response.status_code != 200:
             detail = (await response.aread()).decode("utf-8", "replace")[:200]
             await response.aclose()
-            raise RemoteError(f"{self.card.name}: {self.endpoint.base_url} answered HTTP {response.status_code}: {detail}")
+            raise RemoteError(f"{self.card.name}: {self.endpoint.base_url} answered HTTP {response.status_code}: {detail}", "refused")
         self.in_flight += 1
         return RemoteStream(self, response, started, prompt_tokens=0)
 

@@ -100,3 +100,39 @@ def pipeline(
     console.print(f"target: p50 under {result['target_p50_ms']:.0f} ms, no errors")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("router")
+def router(
+    ctx: typer.Context,
+    quick: bool = typer.Option(False, "--quick", help="A smaller workload (6 requests instead of 12)."),
+    threads: int = typer.Option(None, "--threads", help="Threads per model (default: the config's)."),
+    max_tokens: int = typer.Option(200, help="Tokens per answer at most, for every policy."),
+    mean_gap_s: float = typer.Option(6.0, help="Mean seconds between arrivals (Poisson)."),
+    json: Path = typer.Option(None, "--json", help="Also write the full results to this JSON file."),
+) -> None:
+    """Length-class accuracy on the test split; mean/p95 time to full answer and TTFT for
+    always-fast, always-long and the router, on a Poisson workload through a real daemon."""
+    from aibox.bench.router import FAST, LONG, bench_router
+
+    config = get_config(ctx)
+    for name in (FAST, LONG):
+        if not is_present(card_or_fail(config, name), config.models_path):
+            fail(f"{name} is not on this box; run `aibox models pull {name}`", EXIT_NOINPUT)
+    with console.status("benchmarking the router") as status:
+        result = bench_router(config.models_path, threads or config.threads, quick, max_tokens, mean_gap_s,
+                              progress=lambda m: status.update(m))
+    write_json(json, result)
+    acc = result["accuracy"]
+    p = result["prompts"]
+    console.print(f"on {result['machine']['summary']}; labels: {result['label_model']} greedy, capped at "
+                  f"{result['label_cap_tokens']} tokens; {p['total']} prompts ({p['train']} train, {p['test']} test)")
+    console.print(f"length-class accuracy on the test split: {acc['accuracy']:.1%} of {acc['n']}  (target >= 85%)")
+    table = Table("policy", "requests", "mean total s", "p95 total s", "mean TTFT s", "p95 TTFT s", "short p95 TTFT s", "models used")
+    for policy, r in result["results"].items():
+        table.add_row(policy, str(r["requests"]), f"{r['mean_total_s']:.1f}", f"{r['p95_total_s']:.1f}",
+                      f"{r['mean_ttft_s']:.2f}", f"{r['p95_ttft_s']:.2f}", f"{r['short_p95_ttft_s']:.2f}",
+                      ", ".join(f"{m}: {k}" for m, k in r["models"].items()))
+    console.print(table)
+    for target, met in result["targets"].items():
+        console.print(f"{target}: {'met' if met else 'NOT met'}")

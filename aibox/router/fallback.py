@@ -36,7 +36,9 @@ def _why(error: BaseException) -> str:
     if isinstance(error, ContextLengthError):
         return "cannot fit the prompt"
     if isinstance(error, RemoteError):
-        return "is unreachable"
+        return {"unreachable": "is unreachable", "timeout": "did not answer in time", "refused": "refused the request"}.get(
+            error.kind, "failed"
+        )
     return "failed"
 
 

@@ -28,7 +28,7 @@ class Delivery:
     edit: Callable[[str, str], Awaitable[None]]
 
 
-@dataclass
+@dataclass(eq=False)
 class LongJob:
     chat: str
     model: str
@@ -59,8 +59,8 @@ class LongJobs:
             f"Working on a long answer with {model} (about {expected_s:.0f} s). I'll post it here when it is done; "
             "/cancel stops it."
         )
-        job.task = asyncio.create_task(self._run(job, pieces, delivery), name=f"long-job-{chat}")
         self._jobs.setdefault(chat, set()).add(job)
+        job.task = asyncio.create_task(self._run(job, pieces, delivery), name=f"long-job-{chat}")
         return job
 
     async def _run(self, job: LongJob, pieces: AsyncIterable[str], delivery: Delivery) -> None:
