@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import typer
@@ -25,6 +26,7 @@ def run(
     from aibox.daemon import Daemon, StartupError  # heavy: only `run` needs it
     from models.pool import ModelUnavailableError
 
+    os.umask(0o027)  # the database, logs and backups hold chats and pairing state: not for other users
     config = get_config(ctx)
     setup_logging(config.logging.level, config.logging.format, config.logs_path)
     card = card_or_fail(config, config.default_model)

@@ -75,3 +75,5 @@ def test_sighup_reloads_config_keeping_connections(tmp_path: Path, models_dir: P
         assert client.get("/healthz").status_code == 200
         assert daemon.admin("GET", "/status")["ready"]
         assert daemon.stop() == 0
+    for path in (state / "aibox.db", state / "logs" / "aibox.log"):
+        assert path.stat().st_mode & 0o007 == 0, f"{path} is open to other users"
