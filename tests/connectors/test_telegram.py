@@ -287,6 +287,17 @@ async def test_admin_commands_and_the_sender_rate_limit(server: TelegramServer, 
     assert [m.text for m in responder.calls] == ["flood 0", "flood 1"]
 
 
+async def test_files_go_out_multipart_and_come_back_as_documents(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        assert connector.bot is not None
+        sent = await connector.bot.send_document(OWNER, document=b"line one\n", filename="notes.txt", caption="your notes")
+    assert sent.document is not None and sent.document.file_name == "notes.txt"
+    [posted] = server.outbox.in_chat(str(OWNER))
+    assert posted.text == "your notes"
+
+
 async def test_a_bad_token_fails_the_connector_with_a_reason(server: TelegramServer, tmp_path: Path) -> None:
     settings = fast(server, token=Secret("999:not-the-token"))
     connector = TelegramConnector(settings)
