@@ -92,14 +92,14 @@ class Gateway:
         if decision.action == "ignore":
             self._audit(msg, decision.reason)
             return
-        if decision.action == "pair":
-            await self._offer_pairing(msg, streamer)
-            return
         verdict = "ok" if recovered else limiter.check(f"{msg.platform}:{msg.sender_id}")
         if verdict != "ok":
             self._audit(msg, "rate_limited", "warned" if verdict == "warn" else "dropped")
             if verdict == "warn":
                 self._spawn(msg, streamer.send_text(msg.chat_id, SLOW_DOWN, msg.message_id))
+            return
+        if decision.action == "pair":
+            await self._offer_pairing(msg, streamer)
             return
         if decision.action == "refuse":
             self._audit(msg, decision.reason, f"command /{command_name(msg.text)}")

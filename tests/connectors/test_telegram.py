@@ -128,6 +128,22 @@ async def test_unknown_sender_gets_a_pairing_code_and_no_answer_until_approved(
     assert not any("let me in" in e.detail or "now?" in e.detail for e in audit), "the audit log holds no content"
 
 
+async def test_a_stranger_flooding_the_bot_gets_the_code_a_few_times_then_nothing(
+    server: TelegramServer, tmp_path: Path
+) -> None:
+    settings = fast(server, allow_from=[], rate_limit_burst=2, rate_limit_per_minute=1)
+    responder = ScriptedResponder()
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        for i in range(8):
+            server.user_message(666, f"spam {i}")
+        await server.outbox.wait_for(lambda: any("slow down" in m.text for m in server.outbox.in_chat("666")))
+        await asyncio.sleep(0.5)
+    texts = [m.text for m in server.outbox.in_chat("666")]
+    assert len(texts) == 3 and "slow down" in texts[2]
+    assert texts[0] == texts[1] and "pairing code" in texts[0], "the same code, not a new one each time"
+    assert responder.calls == []
+
+
 async def test_a_429_in_the_middle_of_streaming_is_waited_out(server: TelegramServer, tmp_path: Path) -> None:
     settings = fast(server)
     server.faults.add("editMessageText", status=429, retry_after=1)
