@@ -34,7 +34,9 @@ SPEED_WINDOW = 30
 # 1 / size until fixed per-token costs take over.
 PRIOR_BYTES_PER_S = 4.4e10
 PRIOR_MAX_TOK_S = 140.0
-PRIOR_TTFT_S = 0.3
+# Prefill of a short prompt costs about 0.3 s per GB of weights here.
+PRIOR_TTFT_S_PER_GB = 0.3
+MIN_TTFT_S = 0.05
 PRIOR_REMOTE_TOK_S = 50.0
 PRIOR_REMOTE_TTFT_S = 1.0
 LOAD_BYTES_PER_S = 1.0e9
@@ -89,7 +91,8 @@ def prior_speed(card: ModelCard) -> Speed:
     if not card.is_local:
         return Speed(PRIOR_REMOTE_TOK_S, PRIOR_REMOTE_TTFT_S, "prior (remote, not measured yet)")
     size = card.size or 1e9
-    return Speed(min(PRIOR_MAX_TOK_S, PRIOR_BYTES_PER_S / size), PRIOR_TTFT_S, "prior (from file size, not measured yet)")
+    ttft = max(MIN_TTFT_S, PRIOR_TTFT_S_PER_GB * size / 1e9)
+    return Speed(min(PRIOR_MAX_TOK_S, PRIOR_BYTES_PER_S / size), ttft, "prior (from file size, not measured yet)")
 
 
 def acceleration_note(state_dir: Path | None, card: ModelCard, threads: int) -> str:
@@ -148,7 +151,7 @@ class CandidateSource:
         if measured is None and card.is_local and self.pool is not None:
             worker = self.pool.loaded.get(card.name)
             if worker is not None and worker.recent_tok_s > 0:
-                measured = Speed(worker.recent_tok_s, PRIOR_TTFT_S, "live worker")
+                measured = Speed(worker.recent_tok_s, prior_speed(card).ttft_s, "live worker")
         if measured is None and not card.is_local and self.remotes is not None:
             remote = self.remotes.measured(card.name)
             if remote is not None:

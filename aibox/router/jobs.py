@@ -13,6 +13,10 @@ import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
 
 log = logging.getLogger("aibox.router")
 
@@ -21,11 +25,25 @@ PROGRESS_INTERVAL_S = 5.0
 
 @dataclass
 class Delivery:
-    """How a job talks to its chat: `send` posts a message and returns its id, `edit`
-    replaces a posted message's text."""
+    """How a job talks to its chat: `send` posts a short message and returns its id, `edit`
+    replaces a posted message's text, `answer` posts the full answer (split as the
+    platform needs; `send` when not given)."""
 
     send: Callable[[str], Awaitable[str]]
     edit: Callable[[str, str], Awaitable[None]]
+    answer: Callable[[str], Awaitable[object]] | None = None
+
+
+def connector_delivery(connector: "Connector", chat_id: str, answer: Callable[[str], Awaitable[object]] | None = None) -> Delivery:
+    """Status message and edits straight through the chat's connector."""
+
+    async def send(text: str) -> str:
+        return await connector.send(chat_id, text)
+
+    async def edit(message_id: str, text: str) -> None:
+        await connector.edit(chat_id, message_id, text)
+
+    return Delivery(send, edit, answer)
 
 
 @dataclass(eq=False)
@@ -38,6 +56,7 @@ class LongJob:
     answer: str = ""
     status_message: str | None = None
     task: asyncio.Task | None = None
+    on_done: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -52,9 +71,14 @@ class LongJobs:
     def running(self, chat: str) -> list[LongJob]:
         return [j for j in self._jobs.get(chat, ()) if j.state == "running"]
 
-    async def start(self, chat: str, model: str, pieces: AsyncIterable[str], delivery: Delivery, expected_s: float) -> LongJob:
-        """Posts the status message and starts generating; returns once the job runs."""
+    async def start(
+        self, chat: str, model: str, pieces: AsyncIterable[str], delivery: Delivery, expected_s: float,
+        on_done: Callable[[str], Awaitable[None]] | None = None,
+    ) -> LongJob:
+        """Posts the status message and starts generating; returns once the job runs.
+        `on_done` gets the full answer (to store it as the assistant's turn)."""
         job = LongJob(chat, model)
+        job.on_done = on_done
         job.status_message = await delivery.send(
             f"Working on a long answer with {model} (about {expected_s:.0f} s). I'll post it here when it is done; "
             "/cancel stops it."
@@ -90,7 +114,9 @@ class LongJobs:
         job.words = len(job.answer.split())
         job.state = "done"
         await self._status(job, delivery, f"Done: {job.words} words in {job.elapsed_s:.0f} s.")
-        await delivery.send(job.answer or "(the model gave an empty answer)")
+        await (delivery.answer or delivery.send)(job.answer or "(the model gave an empty answer)")
+        if job.on_done is not None:
+            await job.on_done(job.answer)
 
     async def _status(self, job: LongJob, delivery: Delivery, text: str) -> None:
         try:

@@ -11,7 +11,7 @@ in the last bits of a float, so a near-tie may rarely pick another token. The ru
 resumable: labelled prompts are appended one by one and skipped on the next start, and
 prompts added to the source while it runs are picked up before it ends.
 
-    python -m aibox.router.label --model-path PATH [--threads N] [--batch B] [--shard I/N]
+    python -m aibox.router.label --model-path PATH [--threads N] [--batch B] [--worker I/N]
 """
 
 from __future__ import annotations
@@ -101,8 +101,12 @@ class BatchDecoder:
             self._decode([(t, start + i, seq, last and i == len(chunk) - 1) for i, t in enumerate(chunk)])
         return self._argmax(len(prompt) - 1 - ((len(prompt) - 1) // 512) * 512)
 
-    def run(self, rows: list[dict], max_tokens: int, done: Callable[[dict, int, bool, int], None]) -> None:
-        """Decodes every row; calls `done(row, tokens, capped, prompt_tokens)` as each finishes."""
+    def run(
+        self, rows: list[dict], max_tokens: int, done: Callable[[dict, int, bool, int], None],
+        skip: Callable[[dict], bool] = lambda _row: False,
+    ) -> None:
+        """Decodes every row; calls `done(row, tokens, capped, prompt_tokens)` as each finishes.
+        `skip` is asked before a row starts (another worker may have labelled it meanwhile)."""
         pending = list(rows)
         active: dict[int, dict] = {}  # slot -> {"row", "prompt", "next", "count", "pos"}
         while pending or active:
@@ -110,6 +114,8 @@ class BatchDecoder:
                 if seq in active or not pending:
                     continue
                 row = pending.pop(0)
+                if skip(row):
+                    continue
                 prompt = self.model.chat_tokens([{"role": "user", "content": row["text"]}])
                 if len(prompt) + max_tokens >= self.slot_ctx:
                     raise ValueError(f"{row['id']}: {len(prompt)} prompt tokens do not fit a slot of {self.slot_ctx}")
@@ -138,12 +144,17 @@ class BatchDecoder:
         llama_cpp.llama_free(self.ctx)
 
 
-def label_pending(decoder: BatchDecoder, shard: int = 0, shards: int = 1) -> int:
+def labelled_ids() -> set[str]:
+    return {row["id"] for row in read_jsonl(LABELLED)}
+
+
+def label_pending(decoder: BatchDecoder, worker: int = 0, workers: int = 1) -> int:
     """Labels the source prompts not labelled yet, in a fixed shuffled order so that an
-    interrupted run still covers every category; `shard` of `shards` runs in parallel."""
-    done_ids = {row["id"] for row in read_jsonl(LABELLED)}
-    pending = sorted((r for r in read_jsonl(SOURCE) if r["id"] not in done_ids), key=lambda r: _order(r["id"]))
-    pending = [r for r in pending if int(_order(r["id"]), 16) % shards == shard]
+    interrupted run still covers every category. Parallel workers start at evenly spaced
+    points of that order and skip what another worker has labelled meanwhile."""
+    pending = sorted((r for r in read_jsonl(SOURCE) if r["id"] not in labelled_ids()), key=lambda r: _order(r["id"]))
+    offset = len(pending) * worker // workers
+    pending = pending[offset:] + pending[:offset]
     started = time.monotonic()
     with LABELLED.open("a", encoding="utf-8") as out:
 
@@ -156,7 +167,7 @@ def label_pending(decoder: BatchDecoder, shard: int = 0, shards: int = 1) -> int
             out.flush()
             print(f"{row['id']}: {tokens} tokens (at {time.monotonic() - started:.0f} s)", flush=True)
 
-        decoder.run(pending, MAX_TOKENS, done)
+        decoder.run(pending, MAX_TOKENS, done, skip=lambda row: row["id"] in labelled_ids())
     return len(pending)
 
 
@@ -165,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8, help="prompts decoded at once")
-    parser.add_argument("--shard", default="0/1", help="this process's share of the prompts, as I/N")
+    parser.add_argument("--worker", default="0/1", help="this process's place among parallel workers, as I/N")
     args = parser.parse_args(argv)
     card = Catalog.load().get(LABEL_MODEL)
     model = LocalModel(card, args.model_path, threads=args.threads, n_ctx=512, state_cache_bytes=0)
     decoder = BatchDecoder(model, args.batch, 1024, args.threads)
     start = time.monotonic()
-    shard, shards = (int(part) for part in args.shard.split("/"))
-    while label_pending(decoder, shard, shards):
+    worker, workers = (int(part) for part in args.worker.split("/"))
+    while label_pending(decoder, worker, workers):
         pass
     decoder.close()
     print(f"all prompts labelled in {time.monotonic() - start:.0f} s", file=sys.stderr)
