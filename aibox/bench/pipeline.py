@@ -1,11 +1,12 @@
 """`aibox bench pipeline`: what the connector pipeline itself costs, per platform.
 
-A message goes in at a local fake of the platform (tests/servers/: the same servers the
-connector tests use, speaking the real wire protocol to the real client library), through
-the connector, the gateway (access decision, audit log) and the reply streamer, to a
-stub model that answers instantly; the clock stops when the fake server receives the
-first byte of the reply (its sendMessage / POST). The figure is therefore the pipeline's
-overhead, with both the fake server and the connector sharing this machine's CPU.
+A message goes in at a fake of the platform, through the connector, the gateway (access
+decision, audit log) and the reply streamer, to a stub model that answers instantly;
+the clock stops when the platform receives the first byte of the reply (its
+sendMessage / POST). The fakes are the servers the connector tests use, speaking each
+platform's real wire protocol to the real client library; each runs in a process of
+its own (aibox/bench/platform_host.py), as the platform runs elsewhere in real life,
+and measures the latency on its side.
 
 100 chats talk at once, 1,000 measured messages in all after a warm-up round. Each chat
 sends its next message once the previous one was answered and a think time has passed
@@ -18,112 +19,37 @@ cost. Errors count replies that never came, came twice or came wrong.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aibox.bench.machine import describe
-from aibox.secrets import Secret
+from aibox.bench.platform_host import ROOT, BenchUnavailable, fake_servers_importable
 from aibox.store import Store
 from connectors.audit import AuditLog
-from connectors.base import Connector, InboundMessage
+from connectors.base import InboundMessage
 from connectors.gateway import Gateway
+from connectors.manager import connector_class
 from connectors.pairing import Pairing
+
+__all__ = ["BenchUnavailable", "available_platforms", "bench_pipeline"]
 
 PLATFORMS = ("telegram", "whatsapp", "discord", "slack")
 TARGET_P50_MS = 20.0
 OPEN = {"dm_policy": "open", "rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000}
-
-
-class BenchUnavailable(Exception):
-    """The fake servers are not here (an installed package rather than a source checkout)."""
-
-
-def _fake_servers() -> None:
-    """The fake platforms live in the repository's tests/servers; make them importable."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "tests" / "servers").is_dir():
-        raise BenchUnavailable(
-            "the pipeline benchmark needs a source checkout: the fake platform servers live in tests/servers"
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-
-
-@dataclass
-class _Rig:
-    """One fake platform with a connector pointed at it."""
-
-    connector: Connector
-    settings: Any
-    outbox: Any
-    say: Callable[[str, str], Awaitable[Any]]
-    chat: Callable[[int], str]
-    after_start: Callable[[], None] = lambda: None
-
-
-async def _rig(platform: str, stack: AsyncExitStack) -> _Rig:
-    if platform == "telegram":
-        from connectors.telegram import TelegramConnector, TelegramSettings
-        from tests.servers.telegram import TelegramServer
-
-        tg = await stack.enter_async_context(TelegramServer())
-        settings = TelegramSettings(
-            token=Secret(tg.token), base_url=tg.base_url, base_file_url=tg.base_file_url, poll_timeout_s=10, **OPEN
-        )
-
-        async def say_tg(chat: str, text: str) -> None:
-            tg.user_message(int(chat), text)
-
-        return _Rig(TelegramConnector(settings), settings, tg.outbox, say_tg, lambda i: str(100_000 + i))
-    if platform == "whatsapp":
-        from connectors.whatsapp import WhatsAppConnector, WhatsAppSettings
-        from tests.servers.whatsapp import FakeWhatsApp
-
-        meta = await stack.enter_async_context(FakeWhatsApp())
-        settings = WhatsAppSettings(
-            access_token=Secret(meta.access_token), app_secret=Secret(meta.app_secret), verify_token=Secret("bench"),
-            phone_number_id=meta.phone_number_id, graph_url=meta.graph_url, listen_port=0, **OPEN,
-        )
-        connector = WhatsAppConnector(settings)
-
-        def point_meta() -> None:
-            meta.webhook_url = connector.webhook_url
-
-        return _Rig(connector, settings, meta.outbox, meta.user_message, lambda i: str(15_550_000_000 + i), point_meta)
-    if platform == "discord":
-        from connectors.discord import DiscordConnector, DiscordSettings
-        from tests.servers.discord import FakeDiscord
-
-        dc = await stack.enter_async_context(FakeDiscord(token="bench-discord-token"))
-        settings = DiscordSettings(token=Secret(dc.token), api_base=dc.api_base, gateway_url=dc.gateway_url, **OPEN)
-
-        async def say_dc(chat: str, text: str) -> None:
-            await dc.user_says(chat, f"7{chat}", text)
-
-        return _Rig(DiscordConnector(settings), settings, dc.outbox, say_dc, lambda i: str(800_000 + i))
-    if platform == "slack":
-        from connectors.slack import SlackConnector, SlackSettings
-        from tests.servers.slack import FakeSlack
-
-        sl = await stack.enter_async_context(FakeSlack())
-        settings = SlackSettings(
-            bot_token=Secret(sl.bot_token), app_token=Secret(sl.app_token), api_base=sl.api_base, **OPEN
-        )
-
-        async def say_sl(chat: str, text: str) -> None:
-            await sl.user_says(chat, f"U{chat[1:]}", text)
-
-        return _Rig(SlackConnector(settings), settings, sl.outbox, say_sl, lambda i: f"D{100_000 + i}")
-    raise ValueError(f"unknown platform {platform!r}")
+CHAT_IDS: dict[str, Callable[[int], str]] = {
+    "telegram": lambda i: str(100_000 + i),
+    "whatsapp": lambda i: str(15_550_000_000 + i),
+    "discord": lambda i: str(800_000 + i),
+    "slack": lambda i: f"D{100_000 + i}",
+}
 
 
 async def _instant(msg: InboundMessage) -> AsyncIterator[str]:
@@ -131,23 +57,88 @@ async def _instant(msg: InboundMessage) -> AsyncIterator[str]:
     yield f"ok {msg.text}"
 
 
+class _Platform:
+    """The platform host process, and the replies it reports, routed to the chat waiting."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.counts: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+
+    async def read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            event = json.loads(line)
+            if "reply" in event:
+                future = self.waiting.pop(event["reply"]["chat"], None)
+                if future is not None and not future.done():
+                    future.set_result(event["reply"])
+            elif "counts" in event:
+                self.counts.set_result(event["counts"])
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+
+    async def say(self, chat: str, text: str) -> dict[str, Any]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[chat] = future
+        self.send({"say": {"chat": chat, "text": text}})
+        return await asyncio.wait_for(future, 30)
+
+
+async def _start_platform(platform: str, stack: AsyncExitStack, log_dir: Path) -> tuple[_Platform, dict[str, Any]]:
+    log = (log_dir / f"{platform}-host.log").open("wb")
+    stack.callback(log.close)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aibox.bench.platform_host", platform,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+    )
+
+    async def end() -> None:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    stack.push_async_callback(end)
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 60)
+    if not first:
+        log.flush()
+        tail = (log_dir / f"{platform}-host.log").read_text(errors="replace")[-500:]
+        raise RuntimeError(f"the fake {platform} did not start: {tail}")
+    host = _Platform(proc)
+    reader = asyncio.get_running_loop().create_task(host.read())
+    stack.callback(reader.cancel)
+    return host, json.loads(first)["ready"]
+
+
 async def _bench_one(
     platform: str, messages: int, chats: int, warmup: int, think_s: float, progress: Callable[[str, int], None]
 ) -> dict[str, Any]:
+    chat_id = CHAT_IDS[platform]
     async with AsyncExitStack() as stack:
-        rig = await _rig(platform, stack)
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aibox-bench-")))
+        host, pointing = await _start_platform(platform, stack, state)
+        cls = connector_class(platform)
+        settings = cls.settings_model.model_validate(pointing | OPEN)
+        connector = cls(settings)  # type: ignore[call-arg]
         store = Store.open(f"sqlite:///{state / 'bench.db'}")
         stack.callback(store.close)
         gateway = Gateway(Pairing(store), AuditLog(store), _instant)
-        sink = gateway.attach(rig.connector, rig.settings)
-        await rig.connector.start(sink)
-        stack.push_async_callback(rig.connector.stop)
+        await connector.start(gateway.attach(connector, settings))
+        stack.push_async_callback(connector.stop)
         stack.push_async_callback(gateway.drain, 5.0)
-        health = rig.connector.health()
+        health = connector.health()
         if health.state != "ok":
             return {"platform": platform, "error": f"connector did not start: {health.state} {health.detail}"}
-        rig.after_start()
+        if hasattr(connector, "webhook_url"):
+            host.send({"webhook": connector.webhook_url})
 
         latencies: list[float] = []
         errors: list[str] = []
@@ -156,32 +147,32 @@ async def _bench_one(
 
         async def talk(i: int) -> None:
             nonlocal done
-            chat = rig.chat(i)
+            chat = chat_id(i)
             await asyncio.sleep(random.uniform(0, think_s))
             for n in range(per_chat):
                 if n:
                     await asyncio.sleep(random.uniform(0.5, 1.5) * think_s)
                 text = f"message {n} from chat {i}"
-                before = len(rig.outbox.in_chat(chat))
-                started = time.perf_counter()
-                await rig.say(chat, text)
                 try:
-                    reply = (await rig.outbox.wait_for_posts(chat, before + 1, timeout=30))[before]
+                    reply = await host.say(chat, text)
                 except TimeoutError:
+                    reply = {"latency_ms": None}
+                if reply["latency_ms"] is None:
                     errors.append(f"{chat}: no reply to message {n}")
                     continue
-                if reply.text != f"ok {text}":
+                if reply["text"] != f"ok {text}":
                     errors.append(f"{chat}: wrong reply to message {n}")
-                latencies.append((reply.created_at - started) * 1000)
+                latencies.append(reply["latency_ms"])
                 done += 1
                 progress(platform, done)
 
         await asyncio.gather(*(talk(i) for i in range(chats)))
-        await asyncio.sleep(0.5)  # a reply sent twice would show up by now
+        host.send({"finish": True})
+        counts = await asyncio.wait_for(host.counts, 30)
         for i in range(chats):
-            extra = len(rig.outbox.in_chat(rig.chat(i))) - per_chat
+            extra = counts.get(chat_id(i), 0) - per_chat
             if extra > 0:
-                errors.append(f"{rig.chat(i)}: {extra} replies sent twice")
+                errors.append(f"{chat_id(i)}: {extra} replies sent twice")
     measured = sorted(latencies[warmup:]) if len(latencies) > warmup else sorted(latencies)
     return {
         "platform": platform,
@@ -207,12 +198,14 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def available_platforms() -> dict[str, str | None]:
     """Per platform: None when it can be benchmarked, else why not."""
-    _fake_servers()
+    fake_servers_importable()
     found: dict[str, str | None] = {}
     for platform in PLATFORMS:
+        if not (ROOT / "tests" / "servers" / f"{platform}.py").is_file():
+            found[platform] = f"not available: no fake server tests/servers/{platform}.py"
+            continue
         try:
-            __import__(f"tests.servers.{platform}")
-            __import__(f"connectors.{platform}")
+            connector_class(platform)
             found[platform] = None
         except ImportError as e:
             found[platform] = f"not available: {e}"
