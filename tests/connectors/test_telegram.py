@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -312,6 +313,21 @@ async def test_files_go_out_multipart_and_come_back_as_documents(server: Telegra
     assert sent.document is not None and sent.document.file_name == "notes.txt"
     [posted] = server.outbox.in_chat(str(OWNER))
     assert posted.text == "your notes"
+
+
+async def test_telegram_unreachable_at_start_is_degraded_then_recovers(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on, yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    late = TelegramServer(port=port)
+    settings = fast(late)
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        assert connector.health().state == "degraded" and "retrying" in connector.health().detail
+        async with late:
+            await late.outbox.wait_for(lambda: connector.health().state == "ok", timeout=20)
+            late.user_message(OWNER, "you made it")
+            await late.outbox.wait_for_text(str(OWNER), "You said: you made it", timeout=15)
 
 
 async def test_a_bad_token_fails_the_connector_with_a_reason(server: TelegramServer, tmp_path: Path) -> None:
