@@ -91,8 +91,11 @@ class WhatsAppConnector(Connector):
             timeout=s.request_timeout_s,
             limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
         )
+        graph_down = None
         try:
             await self._check_number()
+        except (RateLimited, TransientError) as e:
+            graph_down = str(e)
         except ConnectorError as e:
             self._set("failed", f"the Graph API refused the phone number or token: {e}")
             return
@@ -101,7 +104,10 @@ class WhatsAppConnector(Connector):
         except OSError as e:
             self._set("failed", f"cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}")
             return
-        self._set("ok", f"webhook on {self.webhook_url}")
+        if graph_down is None:
+            self._set("ok", f"webhook on {self.webhook_url}")
+        else:
+            self._set("degraded", f"webhook on {self.webhook_url}; Graph API not reachable yet ({graph_down})")
 
     async def _check_number(self) -> None:
         assert self._client is not None
@@ -170,6 +176,8 @@ class WhatsAppConnector(Connector):
             async with self._slots:
                 response = await self._client.request(method, path, **kwargs)
         except httpx.TransportError as e:
+            if self._health.state == "ok":
+                self._set("degraded", f"webhook on {self.webhook_url}; Graph API unreachable ({type(e).__name__})")
             raise TransientError(f"Graph API unreachable: {type(e).__name__}") from None
         try:
             payload = response.json()
@@ -177,6 +185,8 @@ class WhatsAppConnector(Connector):
             payload = {}
         error = payload.get("error") if isinstance(payload, dict) else None
         if response.is_success and error is None:
+            if self._health.state == "degraded":
+                self._set("ok", f"webhook on {self.webhook_url}")
             return payload
         code = error.get("code") if isinstance(error, dict) else None
         detail = redact(str(error.get("message") if isinstance(error, dict) else response.reason_phrase))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,22 @@ async def test_a_burst_of_100_messages_from_20_chats_gets_every_reply_once(meta:
     assert sorted(m.reply_to for m in replies) == sorted(sent)
     for m in replies:
         assert m.text == f"You said: {sent[m.reply_to]}"
+
+
+async def test_graph_api_unreachable_at_start_is_degraded_until_a_send_gets_through(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on, yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    late = FakeWhatsApp(port=port)
+    settings = fast(late)
+    connector = WhatsAppConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        assert connector.health().state == "degraded" and "not reachable yet" in connector.health().detail
+        async with late:
+            await started(late, connector)
+            await late.user_message(OWNER, "hello again")
+            await late.outbox.wait_for_text(OWNER, "You said: hello again", timeout=20)
+            await late.outbox.wait_for(lambda: connector.health().state == "ok", timeout=5)
 
 
 async def test_a_bad_access_token_fails_the_connector_with_a_reason(meta: FakeWhatsApp, tmp_path: Path) -> None:

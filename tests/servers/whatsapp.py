@@ -44,6 +44,7 @@ class FakeWhatsApp:
         app_secret: str = "test-app-secret",
         phone_number_id: str = "106540352242922",
         display_number: str = "15550001111",
+        port: int = 0,
     ) -> None:
         self.access_token = access_token
         self.app_secret = app_secret
@@ -57,7 +58,7 @@ class FakeWhatsApp:
         self._chat_of: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
-        self.port = 0
+        self.port = port
 
     async def __aenter__(self) -> "FakeWhatsApp":
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -65,7 +66,7 @@ class FakeWhatsApp:
         app.router.add_post(f"/{API_VERSION}/{{number}}/messages", self._messages)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._session = ClientSession(timeout=ClientTimeout(total=30), connector=TCPConnector(limit=32))
