@@ -34,6 +34,21 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.spec_tau = Histogram(
+            "aibox_spec_tokens_per_forward",
+            "Speculative decoding: accepted length tau per request (tokens per target forward, bonus included)",
+            ["model"],
+            buckets=(1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 12, 16),
+            registry=r,
+        )
+        self.spec_drafted = Counter(
+            "aibox_spec_drafted_tokens", "Speculative decoding: draft tokens verified, by draft position", ["model", "position"], registry=r
+        )
+        self.spec_accepted = Counter(
+            "aibox_spec_accepted_tokens", "Speculative decoding: draft tokens accepted, by draft position", ["model", "position"], registry=r
+        )
+        self.spec_draft_s = Counter("aibox_spec_draft_seconds", "Speculative decoding: time spent drafting", ["model"], registry=r)
+        self.spec_verify_s = Counter("aibox_spec_verify_seconds", "Speculative decoding: time spent in target verify steps", ["model"], registry=r)
 
     def observe(self, model: str, stats: GenerationStats) -> None:
         self.requests.labels(model, stats.finish_reason).inc()
@@ -45,6 +60,19 @@ class Metrics:
         if stats.ttft_s is not None:
             self.ttft.labels(model).observe(stats.ttft_s)
         self.duration.labels(model).observe(stats.total_s)
+        spec = stats.extra.get("speculative")
+        if spec:
+            self.observe_speculation(model, spec)
+
+    def observe_speculation(self, model: str, spec: dict) -> None:
+        """Per-request figures from models.spec (SpecStats.as_dict())."""
+        if spec["steps"]:
+            self.spec_tau.labels(model).observe(spec["tau"])
+        for position, drafted in enumerate(spec["position_drafted"]):
+            self.spec_drafted.labels(model, str(position + 1)).inc(drafted)
+            self.spec_accepted.labels(model, str(position + 1)).inc(spec["position_accepted"][position])
+        self.spec_draft_s.labels(model).inc(spec["draft_ms"] / 1000)
+        self.spec_verify_s.labels(model).inc(spec["verify_ms"] / 1000)
 
     def add_live_gauges(self, queue_depths: Callable[[], dict[str, int]]) -> None:
         """Queue depth and loaded models are read at scrape time, never stale."""

@@ -21,6 +21,7 @@ from models.catalog import Catalog, ModelCard
 from models.chat_template import Message
 from models.files import VerifyError, verify
 from models.runtime import GenerationStats, LocalModel, SamplingParams
+from models.spec.accelerator import Accelerator
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class PoolSettings:
     queue_size: int = 8
     state_cache_bytes: int = 256 << 20
     kv_reuse: bool = True
+    # where measured speculation profiles live; None keeps every model on plain decoding
+    state_dir: Path | None = None
 
 
 class _Job:
@@ -105,8 +108,15 @@ class Stream:
 class ModelWorker:
     """One loaded model and the thread that runs its jobs one after another."""
 
-    def __init__(self, model: LocalModel, queue_size: int, on_finished: Callable[[str, GenerationStats], None]) -> None:
+    def __init__(
+        self,
+        model: LocalModel,
+        queue_size: int,
+        on_finished: Callable[[str, GenerationStats], None],
+        accelerator: Accelerator | None = None,
+    ) -> None:
         self.model = model
+        self.accelerator = accelerator
         self.card = model.card
         self.queue_size = queue_size
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -143,7 +153,10 @@ class ModelWorker:
             try:
                 if job.cancel.is_set():
                     continue
-                job.stats = self.model.generate(job.prompt, job.params, job.put, job.cancel.is_set)
+                if self.accelerator is not None and self.accelerator.applies(job.params):
+                    job.stats = self.accelerator.generate(self.model, job.prompt, job.params, job.put, job.cancel.is_set)
+                else:
+                    job.stats = self.model.generate(job.prompt, job.params, job.put, job.cancel.is_set)
                 if job.stats.tokens_per_s:
                     self.recent_tok_s = job.stats.tokens_per_s
                 self._on_finished(self.card.name, job.stats)
@@ -159,6 +172,8 @@ class ModelWorker:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join()
+        if self.accelerator is not None:
+            self.accelerator.close()
         self.model.close()
 
 
@@ -192,7 +207,8 @@ class ModelPool:
                 raise ModelUnavailableError(f"{name} is a remote model; it does not run in this pool")
             await self._make_room()
             model = await asyncio.to_thread(self._load, card)
-            worker = ModelWorker(model, self.settings.queue_size, self._on_finished)
+            accelerator = await asyncio.to_thread(self._accelerate, model)
+            worker = ModelWorker(model, self.settings.queue_size, self._on_finished, accelerator)
             self._workers[name] = worker
             return worker
 
@@ -210,6 +226,16 @@ class ModelPool:
             state_cache_bytes=self.settings.state_cache_bytes,
             kv_reuse=self.settings.kv_reuse,
         )
+
+    def _accelerate(self, model: LocalModel) -> Accelerator | None:
+        """Speculative decoding for this model, if its measured profile says it pays here."""
+        if self.settings.state_dir is None:
+            return None
+        try:
+            return Accelerator.for_model(model, self.catalog, self.settings.models_dir, self.settings.state_dir, self.settings.threads)
+        except (ValueError, OSError) as e:
+            log.warning("speculative decoding unavailable", extra={"model": model.card.name, "error": str(e)})
+            return None
 
     async def _make_room(self) -> None:
         while len(self._workers) >= self.settings.max_loaded:

@@ -102,6 +102,51 @@ def pipeline(
         raise typer.Exit(1)
 
 
+@app.command("spec")
+def spec(
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", "-m", help="Target model (default: the default model)."),
+    quick: bool = typer.Option(False, "--quick", help="3 prompts per set and 48 tokens each instead of 8 and 96."),
+    threads: int = typer.Option(0, "--threads", min=0, help="llama.cpp threads (default: the config's, one per core)."),
+    json: Path = typer.Option(None, "--json", help="Also write the full results to this JSON file."),
+    plot: Path = typer.Option(None, "--plot", help="PNG of speed-up and τ per drafter (default: next to --json, else ./bench-spec-MODEL.png)."),
+) -> None:
+    """Speculative decoding: plain vs each drafter at fixed lengths vs `auto`, per prompt set (chat, code, copy-heavy)."""
+    from aibox.bench.spec import bench_spec, plot as plot_result
+    from aibox.cli.models import catalog
+
+    config = get_config(ctx)
+    card = card_or_fail(config, model or config.default_model)
+    if not card.is_local:
+        fail(f"{card.name} is a remote model; speculative decoding runs on local models", EXIT_NOINPUT)
+    if not is_present(card, config.models_path):
+        fail(f"{card.name} is not on this box; run `aibox models pull {card.name}`", EXIT_NOINPUT)
+    with console.status("benchmarking") as status:
+        result = bench_spec(
+            card,
+            catalog(config),
+            config.models_path,
+            config.state_path,
+            threads or config.threads,
+            quick=quick,
+            progress=lambda m: status.update(m),
+        )
+    write_json(json, result)
+    png = plot or (json.with_suffix(".png") if json else Path(f"bench-spec-{card.name}.png"))
+    plot_result(result, png)
+    err_console.print(f"wrote {png}")
+    console.print(f"model {result['model']} on {result['machine']['summary']}, {result['machine']['threads']} threads")
+    prof = result["profile"]
+    console.print("profile: " + "  ".join(f"B={b} {s * 1000:.1f} ms" for b, s in zip(prof["batch_sizes"], prof["seconds"])))
+    table = Table("prompt set", "drafter", "tok/s", "x plain", "τ", "lossless", "ceiling for τ")
+    for r in result["results"]:
+        table.add_row(
+            r["prompt_set"], r["drafter"], f"{r['tok_s']:.1f}", f"{r['speedup']:.2f}", f"{r['tau']:.2f}",
+            "yes" if r["lossless"] else "NO", f"{r['ceiling']:.2f}",
+        )
+    console.print(table)
+
+
 @app.command("router")
 def router(
     ctx: typer.Context,

@@ -111,10 +111,12 @@ def verify_model(ctx: typer.Context, name: str, json: bool = JsonOption) -> None
 
 @app.command("info")
 def info(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
-    """Show a model's card and its state on this box."""
+    """Show a model's card, its state on this box, and whether speculative decoding pays here."""
     config = get_config(ctx)
     card = card_or_fail(config, name)
     data = card.model_dump(mode="json") | card_summary(card, config)
+    if card.is_local:
+        data["speculation"] = speculation_summary(card, config)
     if json:
         print_json(data)
         return
@@ -122,7 +124,76 @@ def info(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
     for key in ("name", "description", "roles", "file", "size", "sha256", "license", "context_length", "present", "path"):
         table.add_row(key, str(data.get(key)))
     table.add_row("sources", "\n".join(s.get("url") or s.get("type") for s in data["sources"]))
+    spec = data.get("speculation")
+    if spec:
+        table.add_row("drafters", ", ".join(spec["drafters"]))
+        if spec["profile"]:
+            prof = spec["profile"]
+            table.add_row(
+                "verify profile",
+                "  ".join(f"B={b}: {s * 1000:.1f} ms" for b, s in zip(prof["batch_sizes"], prof["seconds"])),
+            )
+        table.add_row("acceleration", ("pays here: " if spec["pays"] else "off here: ") + spec["reason"])
     console.print(table)
+
+
+def speculation_summary(card: ModelCard, config: Config) -> dict:
+    from models.spec.accelerator import plan
+
+    try:
+        decision = plan(card, catalog(config), config.models_path, config.state_path, config.threads)
+    except ValueError as e:
+        fail(str(e), EXIT_DATAERR)
+    return {
+        "drafters": decision.drafters,
+        "profile": decision.profile.to_json() if decision.profile else None,
+        "pays": decision.pays,
+        "break_even_acceptance": decision.assessment.break_even_confidence if decision.assessment else None,
+        "ceiling": decision.assessment.ceiling if decision.assessment else None,
+        "draft_model": decision.draft_model,
+        "reason": decision.reason,
+    }
+
+
+@app.command("profile")
+def profile(
+    ctx: typer.Context,
+    name: str,
+    repeats: int = typer.Option(5, min=1, help="Timed decodes per batch size (the median is kept)."),
+    json: bool = JsonOption,
+) -> None:
+    """Measure seconds per verify step vs tokens in the batch, SPS(B), and cache it for this machine."""
+    from models.spec.profile import machine_info, measure, save_profile
+    from models.spec.scheduler import Scheduler
+    from models.spec.target import LlamaTarget
+
+    config = get_config(ctx)
+    card = card_or_fail(config, name)
+    if not card.is_local:
+        fail(f"{name} is a remote model; only local models are profiled", EXIT_NOINPUT)
+    if not is_present(card, config.models_path):
+        fail(f"{name} is not on this box; run `aibox models pull {name}`", EXIT_NOINPUT)
+    target = LlamaTarget.load(model_path(card, config.models_path), n_ctx=512, threads=config.threads)
+    with Progress(console=err_console, transient=True, disable=json) as bar:
+        task = bar.add_task(f"profiling {name}", total=None)
+        prof = measure(
+            target,
+            card.name,
+            machine_info(config.threads),
+            repeats=repeats,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    path = save_profile(config.state_path, prof)
+    assessment = Scheduler(prof).assess()
+    if json:
+        print_json({"profile": prof.to_json(), "path": str(path), "pays": assessment.pays, "reason": assessment.reason})
+        return
+    table = Table("tokens in batch", "ms per step", "x one token")
+    for b, sec in zip(prof.batch_sizes, prof.seconds):
+        table.add_row(str(b), f"{sec * 1000:.1f}", f"{sec / prof.seconds[0]:.2f}")
+    console.print(table)
+    console.print(f"saved {path}")
+    console.print(("speculation pays here: " if assessment.pays else "speculation is off here: ") + assessment.reason)
 
 
 @app.command("rm")

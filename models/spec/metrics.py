@@ -49,6 +49,8 @@ class SpecStats:
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_by_position": [round(a, 4) for a in self.acceptance],
+            "position_drafted": list(self.position_drafted),
+            "position_accepted": list(self.position_accepted),
             "draft_ms": round(self.draft_s * 1000, 3),
             "verify_ms": round(self.verify_s * 1000, 3),
         }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from models.spec.drafters.base import AcceptanceTracker
-from models.spec.drafters.prompt_lookup import PromptLookupDrafter
+import pytest
+
+from models.spec.drafters.prompt_lookup import PromptLookupDrafter, match_prior
 from models.spec.sampling import Sampling
 
 
@@ -45,8 +47,13 @@ def test_extend_callback_trims_the_draft():
     assert len(seen[-1]) == 3
 
 
+def test_match_prior_trusts_long_matches_more():
+    assert match_prior(1) == pytest.approx(0.2)
+    assert match_prior(1) < match_prior(3) < match_prior(8) < 1
+
+
 def test_tracker_learns_per_bucket():
-    t = AcceptanceTracker(prior_mean=0.9, prior_weight=2)
+    t = AcceptanceTracker(lambda _b: 0.9, prior_weight=2)
     assert t.rate(3) == 0.9
     for _ in range(10):
         t.update(1, drafted=4, accepted=0)

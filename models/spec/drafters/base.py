@@ -70,25 +70,27 @@ class Drafter(ABC):
 
 
 class AcceptanceTracker:
-    """Per-bucket acceptance rate with a Beta prior, for drafters without their own confidence.
+    """Per-bucket acceptance rate with a prior, for drafters without their own confidence.
 
     Buckets let a drafter separate evidence it can tell apart before drafting (e.g. the length
     of a prompt-lookup match), so the estimate never depends on the drafted token itself.
+    Old evidence fades (`decay` per update of a bucket) so the rate follows the text at hand.
     """
 
-    def __init__(self, prior_mean: float, prior_weight: float) -> None:
-        self.prior_mean = prior_mean
+    def __init__(self, prior: Callable[[int], float], prior_weight: float, decay: float = 0.95) -> None:
+        self.prior = prior
         self.prior_weight = prior_weight
+        self.decay = decay
         self._accepted: dict[int, float] = {}
         self._trials: dict[int, float] = {}
 
     def rate(self, bucket: int) -> float:
-        a = self._accepted.get(bucket, 0.0) + self.prior_mean * self.prior_weight
+        a = self._accepted.get(bucket, 0.0) + self.prior(bucket) * self.prior_weight
         n = self._trials.get(bucket, 0.0) + self.prior_weight
         return a / n
 
     def update(self, bucket: int, drafted: int, accepted: int) -> None:
         """A run of `drafted` tokens: the first `accepted` passed, the next (if any) failed."""
         trials = min(drafted, accepted + 1)
-        self._trials[bucket] = self._trials.get(bucket, 0.0) + trials
-        self._accepted[bucket] = self._accepted.get(bucket, 0.0) + accepted
+        self._trials[bucket] = self._trials.get(bucket, 0.0) * self.decay + trials
+        self._accepted[bucket] = self._accepted.get(bucket, 0.0) * self.decay + accepted

@@ -1,0 +1,165 @@
+"""Speculative generation inside the runtime, switched on per model only where it pays.
+
+The pool attaches an `Accelerator` to a loaded `LocalModel` when this machine's cached
+SPS(B) profile for that model says drafts can beat plain decoding (`aibox models profile
+NAME` measures it). It then runs the model's generations through the engine with the
+`auto` drafter on the model's own llama.cpp context, so KV reuse and saved chat states keep
+working. Output is unchanged: token for token at temperature 0, the same distribution
+(llama.cpp's top-k, top-p, temperature chain) above it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.catalog import Catalog, ModelCard
+from models.files import is_present, model_path
+from models.runtime import GenerationStats, LocalModel, SamplingParams, _TextStream
+from models.spec.drafters.auto import AutoDrafter
+from models.spec.drafters.base import Drafter
+from models.spec.drafters.draft_model import DraftModelDrafter
+from models.spec.drafters.prompt_lookup import PromptLookupDrafter
+from models.spec.engine import SpecEngine
+from models.spec.metrics import SpecStats
+from models.spec.profile import SpsProfile, load_profile, machine_info
+from models.spec.sampling import Sampling
+from models.spec.scheduler import Assessment, Scheduler
+from models.spec.target import LlamaTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What `aibox models info` shows and what the pool acts on."""
+
+    profile: SpsProfile | None
+    drafters: list[str]
+    assessment: Assessment | None
+    draft_model: str | None
+    reason: str
+
+    @property
+    def pays(self) -> bool:
+        return self.assessment is not None and self.assessment.pays
+
+
+def available_drafters(card: ModelCard, catalog: Catalog, models_dir: Path) -> list[str]:
+    """Drafters this model can use on this box (a draft model only if its file is here)."""
+    names = ["prompt_lookup"]
+    for name in card.draft_models:
+        if name in catalog and is_present(catalog.get(name), models_dir):
+            names.append(f"draft_model:{name}")
+    return names
+
+
+def plan(card: ModelCard, catalog: Catalog, models_dir: Path, state_dir: Path, threads: int) -> Plan:
+    """Decide from the cached profiles whether speculation pays for this model here."""
+    drafters = available_drafters(card, catalog, models_dir)
+    info = machine_info(threads)
+    profile = load_profile(state_dir, card.name, info)
+    if profile is None:
+        return Plan(None, drafters, None, None, f"no profile measured on this machine; run `aibox models profile {card.name}`")
+    scheduler = Scheduler(profile)
+    assessment = scheduler.assess(0.0)
+    draft_model = None
+    for name in drafters:
+        if not name.startswith("draft_model:"):
+            continue
+        draft_name = name.split(":", 1)[1]
+        draft_profile = load_profile(state_dir, draft_name, info)
+        if draft_profile is None:
+            continue
+        cost = draft_profile.step_seconds(1)
+        if scheduler.assess(cost).pays:
+            draft_model = draft_name
+    reason = f"prompt lookup {assessment.reason}"
+    if draft_model:
+        reason += f"; draft model {draft_model} can pay too"
+    elif any(d.startswith("draft_model:") for d in drafters):
+        reason += "; a draft model costs too much per token here (or has no profile)"
+    return Plan(profile, drafters, assessment, draft_model, reason)
+
+
+class Accelerator:
+    def __init__(self, model: LocalModel, scheduler: Scheduler, drafters: list[Drafter]) -> None:
+        self.target = LlamaTarget(model.llm)
+        self.scheduler = scheduler
+        self.drafter = AutoDrafter(scheduler, drafters)
+        self.engine = SpecEngine(self.target, self.drafter, scheduler)
+        self.last: SpecStats | None = None
+
+    @classmethod
+    def for_model(
+        cls, model: LocalModel, catalog: Catalog, models_dir: Path, state_dir: Path, threads: int
+    ) -> "Accelerator | None":
+        decision = plan(model.card, catalog, models_dir, state_dir, threads)
+        if not decision.pays:
+            log.info("speculative decoding off", extra={"model": model.card.name, "reason": decision.reason})
+            return None
+        drafters: list[Drafter] = [PromptLookupDrafter()]
+        if decision.draft_model:
+            draft_card = catalog.get(decision.draft_model)
+            drafters.append(DraftModelDrafter.load(model_path(draft_card, models_dir), n_ctx=model.n_ctx, threads=threads))
+        log.info("speculative decoding on", extra={"model": model.card.name, "reason": decision.reason})
+        return cls(model, Scheduler(decision.profile), drafters)
+
+    @staticmethod
+    def applies(params: SamplingParams) -> bool:
+        """Grammar-constrained output stays on llama.cpp's sampler (the engine has no grammar)."""
+        return not params.grammar
+
+    def generate(
+        self,
+        model: LocalModel,
+        prompt: list[int],
+        params: SamplingParams,
+        on_text: Callable[[str], None],
+        cancelled: Callable[[], bool],
+    ) -> GenerationStats:
+        """`LocalModel.generate` with the token loop replaced by the speculative engine."""
+        model.check_fits(prompt)
+        start = time.perf_counter()
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        stats.cached_tokens = model.prepare(prompt)
+        max_tokens = max(0, min(params.max_tokens, model.n_ctx - len(prompt)))
+        sampling = Sampling(
+            temperature=max(params.temperature, 0.0),
+            top_k=params.top_k if params.temperature > 0 else 0,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            seed=params.seed,
+        )
+        spec = SpecStats()
+        text = _TextStream(params.stop, on_text)
+        stats.finish_reason = "stop"
+        tokens = self.engine.generate(prompt, max_tokens, sampling, spec)
+        try:
+            for token in tokens:
+                if stats.ttft_s is None:
+                    stats.ttft_s = time.perf_counter() - start
+                stats.completion_tokens += 1
+                if text.push(model._piece_bytes(token)):
+                    break
+                if cancelled():
+                    stats.finish_reason = "cancelled"
+                    break
+            else:
+                if stats.completion_tokens >= max_tokens:
+                    stats.finish_reason = "length"
+        finally:
+            tokens.close()
+            model._kv = self.target.tokens
+        text.flush()
+        stats.total_s = time.perf_counter() - start
+        stats.extra["speculative"] = spec.as_dict()
+        self.last = spec
+        return stats
+
+    def close(self) -> None:
+        for d in self.drafter.drafters:
+            if isinstance(d, DraftModelDrafter):
+                d.model.llm.close()
