@@ -54,6 +54,12 @@ def test_plan_needs_a_profile_and_says_why(tmp_path, models_dir):
     assert flat.pays and flat.drafters == ["prompt_lookup"]
 
 
+def test_only_greedy_requests_without_grammar_are_accelerated():
+    assert Accelerator.applies(SamplingParams(temperature=0.0))
+    assert not Accelerator.applies(SamplingParams(temperature=0.7))
+    assert not Accelerator.applies(SamplingParams(temperature=0.0, grammar='root ::= "a"'))
+
+
 def test_accelerated_generation_equals_plain_runtime_output(tmp_path, models_dir, local_model):
     _profile(tmp_path, FLAT)
     acc = Accelerator.for_model(local_model, Catalog.load(), models_dir, tmp_path, THREADS)

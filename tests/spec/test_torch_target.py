@@ -40,7 +40,7 @@ def test_torch_kv_rollback_and_eog(pair):
     full = tt.decode([1, 2, 3, 4, 5]).logits
     tt.rollback(3)
     again = tt.decode([4, 5]).logits
-    assert np.allclose(full[3:], again, atol=1e-4)
+    assert np.allclose(full[3:], again, atol=1e-3)
     assert tt.n_past == 5 and tt.tokens == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="cannot roll back"):
         tt.rollback(9)
