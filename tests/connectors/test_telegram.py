@@ -8,6 +8,7 @@ delivery, and the model's words do not matter here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from aibox.config import ConfigError
+from aibox.logs import JsonFormatter, TextFormatter
 from aibox.secrets import Secret
 from connectors.manager import load_settings
 from connectors.tables import AuditEntry
@@ -337,6 +339,20 @@ async def test_a_bad_token_fails_the_connector_with_a_reason(server: TelegramSer
         health = connector.health()
     assert health.state == "failed" and "rejected the bot token" in health.detail
     assert "not-the-token" not in health.detail
+
+
+async def test_the_token_never_reaches_the_log_output(server: TelegramServer, tmp_path: Path, caplog) -> None:
+    # The token is part of every Bot API URL, and httpx logs each request's URL: the
+    # box's log formatters must mask it, whatever the level.
+    settings = fast(server)
+    caplog.set_level(logging.DEBUG)
+    async with wired(TelegramConnector(settings), settings, ScriptedResponder(), tmp_path):
+        server.user_message(OWNER, "hello")
+        await server.outbox.wait_for_text(str(OWNER), "You said: hello")
+    assert any(server.token in r.getMessage() for r in caplog.records), "the URLs with the token were logged"
+    for formatter in (JsonFormatter(), TextFormatter()):
+        written = "\n".join(formatter.format(r) for r in caplog.records)
+        assert "sendMessage" in written and server.token not in written
 
 
 def test_config_errors_name_the_key() -> None:

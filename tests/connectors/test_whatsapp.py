@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 from pathlib import Path
@@ -265,6 +266,19 @@ async def test_a_bad_access_token_fails_the_connector_with_a_reason(meta: FakeWh
         health = connector.health()
     assert health.state == "failed" and "Invalid OAuth access token" in health.detail
     assert "EAAG-wrong-token" not in health.detail
+
+
+async def test_secrets_stay_out_of_the_logs_even_at_debug(meta: FakeWhatsApp, tmp_path: Path, caplog) -> None:
+    settings = fast(meta)
+    caplog.set_level(logging.DEBUG)
+    connector = WhatsAppConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        await started(meta, connector)
+        await meta.user_message(OWNER, "hello")
+        await meta.outbox.wait_for_text(OWNER, "You said: hello")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "graph" in logged.lower() or "HTTP Request" in logged, "debug logging was captured"
+    assert meta.access_token not in logged and meta.app_secret not in logged and VERIFY not in logged
 
 
 def test_config_errors_name_the_key() -> None:
