@@ -23,11 +23,12 @@ from zoneinfo import ZoneInfo
 from agents import tools
 from agents.registry import Registry, RegistryError
 from agents.schedule import ScheduleError
-from agents.sessions import Sessions
+from agents.sessions import Sessions, TokenCounter
 from agents.spec import AgentSpec
 from connectors.base import InboundMessage
 from connectors.policy import command_name
 from models.chat_template import Message
+from models.catalog import CatalogError
 from models.pool import BusyError
 from models.runtime import SamplingParams
 
@@ -92,24 +93,24 @@ class AgentRunner:
         self, spec: AgentSpec, platform: str, chat_id: str, sender_id: str | None, text: str, source: str
     ) -> AsyncIterator[str]:
         await self._add_user_turn(spec.name, platform, chat_id, text)
-        model, note = self.pick_model(spec, text)
+        model, decision, note = self.pick_model(spec, text, f"{platform}:{sender_id}" if sender_id else None)
         if note:
             yield note + "\n\n"
         try:
-            worker = await self.daemon.pool.worker(model)
+            window, count = await self._measure(model)
         except BusyError as e:
             yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
             return
-        window = worker.model.n_ctx
-
-        def count(t: str) -> int:
-            return len(worker.model.tokenize(t, special=False))
 
         now = datetime.now(ZoneInfo(self.timezone))
         extra = f"It is {now:%A %Y-%m-%d %H:%M} ({self.timezone})."
         if spec.tools:
             extra += "\n" + tools.describe(spec.tools)
         messages = await self.sessions.build_context(spec, platform, chat_id, extra, count, window, self._summariser(spec))
+        ack = await self._start_long_job(decision, spec, messages, platform, chat_id, sender_id, source)
+        if ack is not None:
+            yield ack
+            return
         ctx = tools.ToolContext(platform, chat_id, sender_id, spec.name, self.timezone, notes=self.sessions, jobs=self.jobs)
         answer: list[str] = []
         try:
@@ -118,11 +119,12 @@ class AgentRunner:
                 params = SamplingParams(
                     max_tokens=min(spec.model.max_tokens, self.daemon.config.runtime.max_tokens),
                     temperature=spec.model.temperature,
-                    grammar=tools.grammar(spec.tools) if may_call else None,
+                    grammar=tools.call_grammar(spec.tools) if may_call else None,
+                    grammar_trigger=tools.CALL_TRIGGER if may_call else None,
                 )
                 call_text = None
                 try:
-                    async for piece, is_call in self._generate(model, messages, params, sender_id, spec.name, source):
+                    async for piece, is_call in self._generate(model, decision, messages, params, sender_id, spec.name, source):
                         if is_call:
                             call_text = piece
                         else:
@@ -140,12 +142,55 @@ class AgentRunner:
             if answer:
                 await self.sessions.add_turn(platform, chat_id, spec.name, "assistant", "".join(answer))
 
+    async def _start_long_job(
+        self, decision: Any, spec: AgentSpec, messages: list[Message], platform: str, chat_id: str,
+        sender_id: str | None, source: str,
+    ) -> str | None:
+        """A long answer to a chat message runs in the background (aibox/router/jobs.py): the
+        reply is a short acknowledgement, a status message is edited as it grows, the answer
+        is posted when done, and /cancel stops it. Returns the acknowledgement, or None when
+        the turn should stream as usual (short answers, tools, scheduled jobs, no connector)."""
+        router = getattr(self.daemon, "router", None)
+        connectors = self.daemon.connectors
+        if (decision is None or decision.length_class != "long" or spec.tools or router is None or source != platform
+                or connectors is None or platform not in connectors.connectors):
+            return None
+        from aibox.router.jobs import connector_delivery
+
+        params = SamplingParams(max_tokens=min(spec.model.max_tokens, self.daemon.config.runtime.max_tokens),
+                                temperature=spec.model.temperature)
+        stream = router.serve(decision, messages, params, on_finished=lambda m, stats: self.daemon.record(
+            m, stats, source=source, sender=sender_id, agent=spec.name))
+
+        async def keep(answer: str) -> None:
+            await self.sessions.add_turn(platform, chat_id, spec.name, "assistant", answer)
+
+        delivery = connector_delivery(connectors.connectors[platform], chat_id,
+                                      answer=lambda text: connectors.gateway.deliver(platform, chat_id, text))
+        expected = next((c.expected_s for c in decision.candidates if c.model == decision.model), 0.0)
+        await router.jobs.start(f"{platform}:{chat_id}", decision.model, stream, delivery, expected, on_done=keep)
+        return "On it: that is a long answer, so I'm writing it in the background and will post it here."
+
+    async def _measure(self, model: str) -> tuple[int, TokenCounter]:
+        """The model's context window and a token counter for it; for a remote model, its
+        card's window and an estimate of four characters per token."""
+        card = self.daemon.catalog.get(model)
+        if not card.is_local:
+            return card.context_length, lambda t: len(t) // 4 + 1
+        worker = await self.daemon.pool.worker(model)
+        return worker.model.n_ctx, lambda t: len(worker.model.tokenize(t, special=False))
+
     async def _generate(
-        self, model: str, messages: list[Message], params: SamplingParams, sender: str | None, agent: str, source: str
+        self, model: str, decision: Any, messages: list[Message], params: SamplingParams, sender: str | None,
+        agent: str, source: str,
     ) -> AsyncIterator[tuple[str, bool]]:
         """Text pieces as they come, or one whole tool call (`is_call`) when the answer
-        starts with "{" under the tool grammar."""
-        stream = await self.daemon.pool.stream(model, messages, params)
+        starts with "{" under the tool grammar. With a router, its fallback chain serves."""
+        router = getattr(self.daemon, "router", None)
+        if decision is not None and router is not None and router.backends is not None:
+            stream = router.serve(decision, messages, params)
+        else:
+            stream = await self.daemon.pool.stream(model, messages, params)
         head = ""
         decided = not params.grammar
         call: list[str] | None = None
@@ -166,7 +211,7 @@ class AgentRunner:
                 yield piece, False
         finally:
             if stream.stats is not None:
-                self.daemon.record(model, stream.stats, source=source, sender=sender, agent=agent)
+                self.daemon.record(stream.model or model, stream.stats, source=source, sender=sender, agent=agent)
         if call is not None:
             yield "".join(call), True
 
@@ -178,21 +223,29 @@ class AgentRunner:
         log.info("tool call", extra={"agent": spec.name, "tool": parsed.tool, "ok": not result.startswith("error:")})
         return result
 
-    def pick_model(self, spec: AgentSpec, text: str) -> tuple[str, str]:
-        """The model for this turn and, when it is not the one the agent asked for, a note saying so."""
+    def pick_model(self, spec: AgentSpec, text: str, sender: str | None) -> tuple[str, Any, str]:
+        """The model for this turn, the router's decision when there is a router, and a
+        note for the chat when the agent's pinned model cannot serve."""
         default = self.daemon.config.default_model
-        if spec.model.policy == "pinned" and spec.model.name:
-            wanted = spec.model.name
-        else:
-            router = getattr(self.daemon, "router", None)
-            wanted = _route(router, text, spec) if router is not None else default
+        pinned = spec.model.name if spec.model.policy == "pinned" else None
+        router = getattr(self.daemon, "router", None)
+        if router is not None:
+            try:
+                decision = router.decide(text, agent=spec.name, sender=sender, pinned=pinned)
+            except LookupError as e:
+                log.warning("router could not decide, using the default model: %s", e)
+            else:
+                note = f"({pinned} is not on this box; answering with {decision.model}.)" if pinned and decision.model != pinned else ""
+                return decision.model, decision, note
+        if pinned is None:
+            return default, None, ""
         try:
-            card = self.daemon.catalog.get(wanted)
-        except Exception:
-            return default, f"({spec.name}'s model {wanted} is not in the catalog; answering with {default}.)"
-        if wanted != default and not (card.is_local and self.daemon.model_available(card)):
-            return default, f"({wanted} is not on this box; answering with {default}.)"
-        return wanted, ""
+            card = self.daemon.catalog.get(pinned)
+        except CatalogError:
+            return default, None, f"({spec.name}'s model {pinned} is not in the catalog; answering with {default}.)"
+        if not self.daemon.model_available(card):
+            return default, None, f"({pinned} is not on this box; answering with {default}.)"
+        return pinned, None, ""
 
     async def _add_user_turn(self, agent: str, platform: str, chat_id: str, text: str) -> None:
         """Skips the turn when it is already the last one: an answer replayed after a crash."""
@@ -279,6 +332,9 @@ class AgentRunner:
             if not turns:
                 return "No turns yet in this conversation."
             return "\n".join(f"[{t.at:%m-%d %H:%M}] {t.role}: {_clip(t.text)}" for t in turns)
+        router = getattr(self.daemon, "router", None)
+        if name == "cancel" and not arg and router is not None and await router.jobs.cancel(f"{p}:{c}"):
+            return "Stopped the long answer."
         if self.jobs is None:
             return "Scheduled jobs are not running on this box."
         if name in ("remind", "schedule"):
@@ -299,8 +355,3 @@ class AgentRunner:
 
 def _clip(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _route(router: Any, text: str, spec: AgentSpec) -> str:
-    decision = router.decide(text, agent=spec.name)
-    return decision.model

@@ -199,6 +199,9 @@ class Sessions:
             system = _system_text(spec, system_extra, notes, summary)
             while len(keep) > 1 and count(system) + sum(count(t.text) + MESSAGE_OVERHEAD for t in keep) > budget:
                 keep.pop(0)
+            room = budget - count(_system_text(spec, system_extra, notes, "")) - MESSAGE_OVERHEAD * 2
+            room -= sum(count(t.text) + MESSAGE_OVERHEAD for t in keep)
+            system = _system_text(spec, system_extra, notes, _tail(summary, room, count))
         messages: list[Message] = [{"role": "system", "content": system}]
         messages += [{"role": t.role, "content": t.text} for t in keep]
         return messages
@@ -211,6 +214,14 @@ class Sessions:
                 session.summarised_upto = upto
 
         await asyncio.to_thread(write)
+
+
+def _tail(summary: str, room: int, count: TokenCounter) -> str:
+    """The newest part of the summary that fits in `room` tokens (the stored one stays whole)."""
+    while summary and count(summary) > max(0, room):
+        cut = summary.find(" ", len(summary) // 4)
+        summary = "…" + summary[cut + 1:] if cut != -1 and room > 0 else ""
+    return summary
 
 
 def _system_text(spec: AgentSpec, extra: str, notes: list[NoteView], summary: str) -> str:

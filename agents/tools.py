@@ -1,10 +1,10 @@
 """Tools an agent may call, denied unless its file grants them.
 
 A tool call is one JSON object, `{"tool": NAME, "arguments": {...}}`, and the model
-cannot write anything else when it starts a call: the sampling grammar (GBNF, built
-from the granted tools' JSON schemas with llama-cpp-python's converter) allows either
-such an object or plain text that does not start with "{". The call is still validated
-before it runs, because a grammar limits shapes, not values. Whatever goes wrong (an
+cannot write anything else once it starts a call: the sampling grammar (GBNF, built
+from the granted tools' JSON schemas with llama-cpp-python's converter) is a lazy
+llama.cpp grammar that takes over when the answer opens with "{". The call is still
+validated before it runs, because a grammar limits shapes, not values. Whatever goes wrong (an
 unknown or ungranted tool, bad arguments, a failing tool) becomes an error text for the
 model to read; nothing here raises into the daemon.
 """
@@ -25,6 +25,9 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_CALLS_PER_TURN = 3
+# The grammar is lazy: it starts to apply when the answer opens with "{" (a call), so
+# prose answers pay nothing for it and a "{" later in prose (code, JSON examples) is free.
+CALL_TRIGGER = r"^\s*(\{[\s\S]*)"
 
 
 class CalculatorError(ValueError):
@@ -145,13 +148,9 @@ def call_schema(granted: list[str]) -> dict[str, Any]:
     return variants[0] if len(variants) == 1 else {"oneOf": variants}
 
 
-def grammar(granted: list[str]) -> str | None:
-    """GBNF for an answer that is either plain text or one call to a granted tool."""
-    if not granted:
-        return None
-    calls = json_schema_to_gbnf(json.dumps(call_schema(granted)))
-    calls = calls.replace("root ::=", "call ::=", 1)
-    return 'root ::= call | text\ntext ::= [^{] [^\\x00]*\n' + calls
+def call_grammar(granted: list[str]) -> str:
+    """GBNF for exactly one call to a granted tool."""
+    return json_schema_to_gbnf(json.dumps(call_schema(granted)))
 
 
 def describe(granted: list[str]) -> str:
@@ -174,7 +173,7 @@ def parse_call(text: str) -> ToolCall | str | None:
     if not stripped.startswith("{"):
         return None
     try:
-        data = json.loads(stripped)
+        data = json.loads(stripped, strict=False)  # the grammar lets raw newlines into strings
     except json.JSONDecodeError as e:
         return f"error: the tool call is not valid JSON ({e.msg})"
     if not isinstance(data, dict) or not isinstance(data.get("tool"), str) or not isinstance(data.get("arguments", {}), dict):

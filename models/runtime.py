@@ -45,6 +45,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF: constrains the output (tool calls as JSON)
+    grammar_trigger: str | None = None  # regex over the output so far: the grammar applies once it matches
 
 
 @dataclass
@@ -181,7 +182,13 @@ class LocalModel:
 
     def _sampler(self, params: SamplingParams) -> _internals.LlamaSampler:
         sampler = _internals.LlamaSampler()
-        if params.grammar:
+        if params.grammar and params.grammar_trigger:
+            patterns = (ctypes.c_char_p * 1)(params.grammar_trigger.encode("utf-8"))
+            lazy = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                self.llm._model.vocab, params.grammar.encode("utf-8"), b"root", patterns, 1, None, 0
+            )
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, lazy)
+        elif params.grammar:
             sampler.add_grammar(self.llm._model, LlamaGrammar.from_string(params.grammar, verbose=False))
         if params.temperature <= 0:
             sampler.add_greedy()
