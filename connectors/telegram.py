@@ -222,6 +222,9 @@ class TelegramConnector(Connector):
         if sender is None or sender.is_bot:
             return None
         text = m.text or m.caption or ""
+        mentioned = self._mentions_bot(m)
+        if mentioned:
+            text = _without_mention(text, f"@{self._bot.username}")
         return InboundMessage(
             platform=self.platform,
             chat_id=str(m.chat.id),
@@ -232,7 +235,7 @@ class TelegramConnector(Connector):
             attachments=_attachments(m),
             reply_to=str(m.reply_to_message.message_id) if m.reply_to_message else None,
             is_direct=m.chat.type == "private",
-            mentions_bot=self._mentions_bot(m),
+            mentions_bot=mentioned,
         )
 
     def _mentions_bot(self, m: Message) -> bool:
@@ -255,6 +258,16 @@ class TelegramConnector(Connector):
             if state in ("failed", "degraded"):
                 log.warning("telegram connector %s: %s", state, redact(detail))
             self._health = Health(state, redact(detail))  # type: ignore[arg-type]
+
+
+def _without_mention(text: str, mention: str) -> str:
+    """"@aibox_bot what time is it?" -> "what time is it?": the model gets the question,
+    not the address. Commands keep their form ("/models@aibox_bot" is still a command)."""
+    lowered = text.lower()
+    at = lowered.find(mention.lower())
+    if at < 0 or (at > 0 and text[at - 1] not in " \n"):
+        return text
+    return (text[:at] + text[at + len(mention):]).strip()
 
 
 def _update_id(raw: Any) -> int | None:
