@@ -227,6 +227,7 @@ class _Reply:
             if final and not text.strip():
                 text = EMPTY
             await self._sync(text, final)
+            self.turn_taken = False  # a turn this round did not use is not carried over
             if final:
                 self.result.text = text
                 return
