@@ -138,6 +138,7 @@ def spec(
     console.print(f"model {result['model']} on {result['machine']['summary']}, {result['machine']['threads']} threads")
     prof = result["profile"]
     console.print("profile: " + "  ".join(f"B={b} {s * 1000:.1f} ms" for b, s in zip(prof["batch_sizes"], prof["seconds"])))
+    console.print(f"batched logits bit-identical to one-token decodes up to B={prof['exact_batch']}")
     table = Table("prompt set", "drafter", "tok/s", "x plain", "τ", "lossless", "ceiling for τ")
     for r in result["results"]:
         table.add_row(

@@ -131,7 +131,8 @@ def info(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
             prof = spec["profile"]
             table.add_row(
                 "verify profile",
-                "  ".join(f"B={b}: {s * 1000:.1f} ms" for b, s in zip(prof["batch_sizes"], prof["seconds"])),
+                "  ".join(f"B={b}: {s * 1000:.1f} ms" for b, s in zip(prof["batch_sizes"], prof["seconds"]))
+                + f"  (bit-identical to single decodes up to B={prof['exact_batch']})",
             )
         table.add_row("acceleration", ("pays here: " if spec["pays"] else "off here: ") + spec["reason"])
     console.print(table)
@@ -192,6 +193,7 @@ def profile(
     for b, sec in zip(prof.batch_sizes, prof.seconds):
         table.add_row(str(b), f"{sec * 1000:.1f}", f"{sec / prof.seconds[0]:.2f}")
     console.print(table)
+    console.print(f"batched logits are bit-identical to one-token decodes up to B={prof.exact_batch}")
     console.print(f"saved {path}")
     console.print(("speculation pays here: " if assessment.pays else "speculation is off here: ") + assessment.reason)
 

@@ -40,6 +40,8 @@ class SpecEngine:
     ) -> None:
         if drafter is not None and fixed_length is None and scheduler is None:
             raise ValueError("a drafter needs either a scheduler or a fixed draft length")
+        if drafter is not None and drafter.uses_hidden and not getattr(target, "hidden", False):
+            raise ValueError(f"drafter '{drafter.name}' needs the target's hidden states: load the target with hidden=True")
         self.target = target
         self.drafter = drafter
         self.scheduler = scheduler

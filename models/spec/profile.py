@@ -33,6 +33,8 @@ class SpsProfile:
     model: str = ""
     machine: dict = field(default_factory=dict)
     measured_at: float = 0.0
+    # largest batch whose rows are bit-identical to one-token decodes (0: not measured)
+    exact_batch: int = 0
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or len(self.batch_sizes) != len(self.seconds):
@@ -41,8 +43,15 @@ class SpsProfile:
             raise ValueError("profile batch sizes must be increasing and start at 1")
         if min(self.seconds) <= 0:
             raise ValueError("profile timings must be positive")
+        # the scheduler asks every decode step; a lookup keeps that off the critical path
+        self._table = [0.0] + [self._interpolate(b) for b in range(1, 65)]
 
     def step_seconds(self, b: int) -> float:
+        if 0 < b < len(self._table):
+            return self._table[b]
+        return self._interpolate(b)
+
+    def _interpolate(self, b: int) -> float:
         bs, ts = self.batch_sizes, self.seconds
         if b <= bs[-1]:
             return float(np.interp(b, bs, ts))
@@ -59,7 +68,7 @@ class SpsProfile:
         return tau * self.step_seconds(1) / self.step_seconds(b)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
     @classmethod
     def from_json(cls, data: dict) -> "SpsProfile":
@@ -69,6 +78,7 @@ class SpsProfile:
             model=str(data.get("model", "")),
             machine=dict(data.get("machine", {})),
             measured_at=float(data.get("measured_at", 0.0)),
+            exact_batch=int(data.get("exact_batch", 0)),
         )
 
 
@@ -104,6 +114,32 @@ def save_profile(state_dir: Path, profile: SpsProfile) -> Path:
     return path
 
 
+def exact_batch(target, context: Sequence[int], max_batch: int) -> int:
+    """Largest B up to max_batch for which a batched decode reproduces one-by-one decodes bit for bit.
+
+    Greedy speculation is token-identical to plain decoding only within that bound. Kernels
+    can change with the batch size: on AVX-512 Xeons llama.cpp's repacked Q4_K matmul starts
+    at 4 rows and shifts logits by up to 0.5, while SmolLM2's Q4_1 stays exact at 24.
+    """
+    base = len(context)
+    target.rollback(0)
+    logits = target.decode(list(context), all_logits=False).logits[-1]
+    tokens, rows = [], []
+    for _ in range(max_batch):
+        tok = int(np.argmax(logits))
+        tokens.append(tok)
+        logits = target.decode([tok]).logits[-1]
+        rows.append(logits)
+    best = 1
+    for b in range(2, max_batch + 1):
+        target.rollback(base)
+        if not np.array_equal(target.decode(tokens[:b]).logits, np.stack(rows[:b])):
+            break
+        best = b
+    target.rollback(0)
+    return best
+
+
 def measure(
     target,
     model: str,
@@ -133,5 +169,5 @@ def measure(
         seconds.append(statistics.median(runs))
         if progress:
             progress(i + 1, len(batch_sizes))
-    target.rollback(0)
-    return SpsProfile(list(batch_sizes), seconds, model=model, machine=machine, measured_at=time.time())
+    exact = exact_batch(target, ctx_tokens[:16], max(batch_sizes))
+    return SpsProfile(list(batch_sizes), seconds, model=model, machine=machine, measured_at=time.time(), exact_batch=exact)

@@ -39,7 +39,8 @@ class Scheduler:
         if max_draft < 0:
             raise ValueError("max_draft must be >= 0")
         self.profile = profile
-        self.max_draft = max_draft
+        # beyond the exact batch, batched logits differ from plain decoding's: not lossless
+        self.max_draft = min(max_draft, profile.exact_batch - 1) if profile.exact_batch else max_draft
 
     def rate(self, survival: Sequence[float], draft_seconds: float) -> float:
         """Expected tokens per second of one step verifying len(survival) drafted tokens."""
@@ -51,14 +52,15 @@ class Scheduler:
         if j < 0 or j >= self.max_draft:
             return False
         survival = _survival(confidences[:j])
-        current = self.rate(survival, j * seconds_per_token)
+        tokens = 1.0 + sum(survival)
+        current = tokens / (j * seconds_per_token + self.profile.step_seconds(1 + j))
         c = min(max(confidences[j], 0.0), 1.0)
         last = survival[-1] if survival else 1.0
-        projected = list(survival)
         for m in range(1, self.max_draft - j + 1):
             last *= c
-            projected.append(last)
-            if self.rate(projected, (j + m) * seconds_per_token) > current * MIN_GAIN:
+            tokens += last
+            rate = tokens / ((j + m) * seconds_per_token + self.profile.step_seconds(1 + j + m))
+            if rate > current * MIN_GAIN:
                 return True
         return False
 
@@ -123,6 +125,13 @@ class Scheduler:
                 best_len, ceiling = n, speedup
         b8 = self.profile.step_seconds(8) / self.profile.step_seconds(1)
         cost = f"a verify step of 8 tokens costs {b8:.1f} single steps"
+        if self.profile.exact_batch:
+            cost += (
+                f"; batches above {self.profile.exact_batch} tokens are not bit-identical to single decodes"
+                f" here, so drafts stop at {self.max_draft}"
+                if self.max_draft + 1 == self.profile.exact_batch
+                else ""
+            )
         if ceiling <= MIN_GAIN:
             return Assessment(
                 False, None, 0, ceiling,

@@ -14,7 +14,7 @@ from models.spec.drafters.draft_model import DraftModelDrafter
 from models.spec.drafters.prompt_lookup import PromptLookupDrafter
 from models.spec.engine import SpecEngine
 from models.spec.metrics import SpecStats
-from models.spec.profile import SpsProfile
+from models.spec.profile import SpsProfile, exact_batch
 from models.spec.prompts import CHAT, CODE, COPY_HEAVY, chat_prompt
 from models.spec.sampling import Sampling, probs
 from models.spec.scheduler import Scheduler
@@ -153,22 +153,30 @@ def test_sampled_engine_matches_target_distribution(smol):
 
 @pytest.mark.slow
 def test_greedy_identity_qwen15_with_draft_model_and_prompt_lookup(qwen15_path, qwen05_path):
+    """Within the batch size whose logits are bit-identical to one-token decodes (measured: on
+    this AVX-512 Xeon llama.cpp's repacked Q4_K kernels change the numbers from 4 rows on), the
+    output equals plain greedy decoding with both drafters and with `auto`."""
     target = LlamaTarget.load(qwen15_path, n_ctx=1024, threads=THREADS)
     draft = DraftModelDrafter.load(qwen05_path, n_ctx=1024, threads=THREADS)
+    exact = exact_batch(target, chat_prompt(target, "Hello"), 8)
+    assert exact >= 2
+    longest = exact - 1
+    gpu = SpsProfile(GPU.batch_sizes, GPU.seconds, exact_batch=exact)
     prompts = [CHAT[0], CODE[0], COPY_HEAVY[0], CHAT[1], CODE[1], COPY_HEAVY[5]]
     stats = {"draft_model": SpecStats(), "prompt_lookup": SpecStats(), "auto": SpecStats()}
     for i, text in enumerate(prompts):
         prompt = chat_prompt(target, text)
         expected = plain_greedy(target, prompt, 16)
         engines = {
-            "draft_model": SpecEngine(target, draft, fixed_length=3),
-            "prompt_lookup": SpecEngine(target, PromptLookupDrafter(), fixed_length=4),
+            "draft_model": SpecEngine(target, draft, fixed_length=longest),
+            "prompt_lookup": SpecEngine(target, PromptLookupDrafter(), fixed_length=longest),
         }
         if i % 3 == 2:
-            engines["auto"] = SpecEngine(target, AutoDrafter(Scheduler(GPU), [PromptLookupDrafter(), draft]), Scheduler(GPU))
+            engines["auto"] = SpecEngine(target, AutoDrafter(Scheduler(gpu), [PromptLookupDrafter(), draft]), Scheduler(gpu))
         for name, engine in engines.items():
             target.rollback(0)
             got = list(engine.generate(prompt, 16, stats=stats[name]))
             assert got == expected, f"{name} differs on {text!r}"
-    assert stats["draft_model"].accepted > 10
+    assert stats["draft_model"].accepted > 5
     assert stats["prompt_lookup"].drafted > 0
+    assert max(len(stats["auto"].position_drafted), 0) <= longest

@@ -70,3 +70,13 @@ def test_plan_shares_batch_by_survival():
 
 def test_plan_on_cpu_profile_keeps_batch_small():
     assert Scheduler(CPU).plan([[0.6] * 8, [0.6] * 8]) == [0, 0]
+
+
+def test_drafts_stop_within_the_exact_batch():
+    """Where batches above 3 tokens change the logits, no draft grows past 2 tokens."""
+    capped = SpsProfile(GPU.batch_sizes, GPU.seconds, exact_batch=3)
+    s = Scheduler(capped)
+    assert s.choose_length([0.99] * 16) == 2
+    # up to 4 tokens every token costs a full step, as measured for Qwen 1.5B here
+    steep = Scheduler(SpsProfile([1, 2, 4, 8, 16], [0.025, 0.05, 0.1, 0.133, 0.2], exact_batch=3)).assess()
+    assert not steep.pays and "not bit-identical" in steep.reason
