@@ -347,10 +347,14 @@ class AgentRunner:
             rows = self.jobs.list(p, c)
             if not rows:
                 return "No scheduled jobs in this chat."
-            return "Jobs:\n" + "\n".join(f"{r['id']}: {r['task']} ({r['schedule']}; next {r['next_run'] or '-'})" for r in rows)
+            return "Jobs:\n" + "\n".join(f"{r['id']}: {r['task']} ({r['schedule']}; next {_when(r['next_run'])})" for r in rows)
         if not arg:
             return "Usage: /cancel ID (see /jobs)"
         return f"Cancelled job {arg}." if self.jobs.cancel(arg, p, c) else f"There is no job {arg} in this chat."
+
+
+def _when(iso: str | None) -> str:
+    return datetime.fromisoformat(iso).strftime("%a %Y-%m-%d %H:%M") if iso else "-"
 
 
 def _clip(text: str, limit: int = 300) -> str:
