@@ -1,0 +1,100 @@
+"""The inbox and its reply journal, without a daemon: stored before acknowledging,
+deduped by the platform's message id across restarts, and a reply interrupted by a
+crash is finished in the same chat message instead of a second one.
+
+`RecordingConnector` is a real `Connector` subclass that keeps what it was asked to
+send in memory: these tests are about the bookkeeping, the platforms' wire protocols
+are covered by the connector tests and test_crash_recovery.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.inbox import Inbox
+from aibox.store import Store
+from connectors.base import Connector, Health, InboundMessage, MessageSink
+from connectors.errors import ConnectorError
+
+
+class RecordingConnector(Connector):
+    platform = "telegram"
+    max_text = 4096
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+        self.sends = 0
+        self.edits = 0
+
+    async def start(self, sink: MessageSink) -> None: ...
+    async def stop(self) -> None: ...
+
+    def health(self) -> Health:
+        return Health("ok")
+
+    async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
+        self.sends += 1
+        message_id = str(100 + self.sends)
+        self.messages[message_id] = text
+        return message_id
+
+    async def edit(self, chat_id: str, message_id: str, text: str) -> None:
+        if message_id not in self.messages:
+            raise ConnectorError("Bad Request: message to edit not found")
+        if self.messages[message_id] == text:
+            raise ConnectorError("Bad Request: message is not modified")
+        self.edits += 1
+        self.messages[message_id] = text
+
+    async def typing(self, chat_id: str) -> None: ...
+
+
+MSG = InboundMessage("telegram", "42", "42", "7", "hello")
+
+
+async def test_admit_stores_once_and_dedupes_across_restarts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aibox.db'}"
+    inbox = Inbox(Store.open(url))
+    assert await inbox.admit(MSG)
+    assert not await inbox.admit(MSG), "the same platform message while it is being answered"
+    assert [m.key for m in inbox.pending()] == [MSG.key], "stored before anything else happens"
+
+    restarted = Inbox(Store.open(url))  # a crash: nothing in memory survives
+    [again] = restarted.pending()
+    assert (again.key, again.text, again.sender_id) == (MSG.key, "hello", "42")
+    assert await restarted.admit(again), "an unanswered message is answered after a restart"
+    await restarted.answered(again)
+    assert restarted.pending() == []
+    assert not await Inbox(Store.open(url)).admit(MSG), "a redelivered message that was answered is not answered twice"
+    assert restarted.counts() == {"answered": 1}
+
+
+async def test_a_reply_cut_by_a_crash_is_finished_in_the_same_message(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aibox.db'}"
+    connector = RecordingConnector()
+    inbox = Inbox(Store.open(url))
+    assert await inbox.admit(MSG)
+    first = await inbox.journal(connector).send("42", "Hel", reply_to="7")
+    # kill -9 here: the chat shows "Hel", the message is still pending.
+
+    restarted = Inbox(Store.open(url))
+    [msg] = restarted.pending()
+    assert await restarted.admit(msg)
+    again = await restarted.journal(connector).send("42", "Hello there!", reply_to="7")
+    assert again == first and connector.sends == 1 and connector.edits == 1
+    assert connector.messages == {first: "Hello there!"}
+    same = await restarted.journal(connector).send("42", "Hello there!", reply_to="7")
+    assert same == first and connector.sends == 1, "'not modified' means the text is already there"
+
+    del connector.messages[first]  # the user deleted the partial reply: a new one is sent
+    replaced = await restarted.journal(connector).send("42", "Hello!", reply_to="7")
+    assert replaced != first and connector.messages == {replaced: "Hello!"}
+    assert await restarted.reply_message("telegram", "42", "7") == replaced
+
+
+async def test_messages_the_box_starts_itself_are_not_journaled(tmp_path: Path) -> None:
+    connector = RecordingConnector()
+    inbox = Inbox(Store.open(f"sqlite:///{tmp_path / 'aibox.db'}"))
+    journal = inbox.journal(connector)
+    a = await journal.send("42", "⏰ Reminder: stretch")
+    b = await journal.send("42", "⏰ Reminder: stretch")
+    assert a != b and connector.sends == 2
