@@ -9,17 +9,22 @@ health state `aibox status` can show.
 A batch that PTB cannot parse is fetched again raw and parsed update by update; the
 offset moves past every update seen, parsed or not, and is confirmed with a last
 `getUpdates(timeout=0)` on stop so that a restart does not replay old messages.
+
+Webhook mode (`mode = "webhook"`) is for boxes behind an HTTPS reverse proxy: Telegram
+posts each update to `webhook_url`, with `webhook_secret` in a header that we check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from datetime import timedelta
-from typing import Any
+import hmac
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from telegram import Bot, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, MessageEntityType
 from telegram.error import (
@@ -31,6 +36,7 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
+from aiohttp import web
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBUserWarning
 
@@ -56,8 +62,25 @@ class TelegramSettings(ConnectorSettings):
     token: Secret = Field(description="bot token from @BotFather")
     base_url: str = Field("https://api.telegram.org/bot", description="Bot API base; the token is appended")
     base_file_url: str = "https://api.telegram.org/file/bot"
+    mode: Literal["polling", "webhook"] = Field("polling", description="long polling, or a webhook Telegram posts to")
     poll_timeout_s: int = Field(30, ge=0, le=50, description="how long one getUpdates long poll waits")
     request_timeout_s: float = Field(15.0, gt=0, description="connect/read timeout of ordinary calls")
+    webhook_url: str | None = Field(
+        None, validate_default=True, description="webhook mode: the public HTTPS URL of listen_* below"
+    )
+    webhook_secret: Secret | None = Field(
+        None, validate_default=True, description="webhook mode: Telegram sends it in every post"
+    )
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(8645, ge=0, le=65535)
+    webhook_path: str = "/telegram/webhook"
+
+    @field_validator("webhook_url", "webhook_secret")
+    @classmethod
+    def _needed_for_webhooks(cls, v: object, info: ValidationInfo) -> object:
+        if v is None and info.data.get("mode") == "webhook":
+            raise ValueError("required in webhook mode")
+        return v
 
 
 class TelegramConnector(Connector):
@@ -74,6 +97,8 @@ class TelegramConnector(Connector):
         self._task: asyncio.Task[None] | None = None
         self._backoff = RetryPolicy(base_delay=1.0, max_delay=30.0)
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._runner: web.AppRunner | None = None
+        self._secret = ""
 
     async def start(self, sink: MessageSink) -> None:
         self._sink = sink
@@ -86,6 +111,9 @@ class TelegramConnector(Connector):
             request=HTTPXRequest(connection_pool_size=MAX_IN_FLIGHT, read_timeout=timeout, connect_timeout=timeout, pool_timeout=timeout),
             get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=timeout, connect_timeout=timeout),
         )
+        if self.settings.mode == "webhook":
+            await self._start_webhook()
+            return
         try:
             await self._connect()
         except (InvalidToken, Forbidden) as e:
@@ -95,6 +123,46 @@ class TelegramConnector(Connector):
             self._set("degraded", f"cannot reach Telegram yet, retrying: {e}")
         self._task = asyncio.create_task(self._poll_forever(), name="telegram-poll")
 
+    async def _start_webhook(self) -> None:
+        """Listens first, then tells Telegram where to post, so no update finds us deaf."""
+        s = self.settings
+        assert s.webhook_secret is not None and s.webhook_url is not None
+        self._secret = s.webhook_secret.get()
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post(s.webhook_path, self._webhook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, s.listen_host, s.listen_port).start()
+        except OSError as e:
+            self._set("failed", f"cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}")
+            return
+        try:
+            await self._bot.initialize()
+            await self._bot.set_webhook(s.webhook_url, secret_token=self._secret, allowed_updates=["message"])
+        except (InvalidToken, Forbidden) as e:
+            self._set("failed", f"Telegram rejected the bot token: {e}")
+            return
+        except TelegramError as e:
+            self._set("failed", f"Telegram refused the webhook {s.webhook_url}: {e}")
+            return
+        self._set("ok", f"webhook as @{self._bot.username} on {s.listen_host}:{s.listen_port}{s.webhook_path}")
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        """One update from Telegram. A post without our secret is refused; a body that is
+        not an update is answered 200 anyway, or Telegram would redeliver it forever."""
+        secret = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not hmac.compare_digest(secret.encode(), self._secret.encode()):
+            log.warning("telegram webhook post without the right secret token refused")
+            return web.Response(status=403, text="forbidden")
+        try:
+            raw = json.loads(await request.read())
+        except ValueError:
+            log.warning("telegram webhook post is not JSON; skipped")
+            return web.Response(text="ok")
+        await self._dispatch(_update_id(raw), _parse(raw, self._bot))
+        return web.Response(text="ok")
+
     async def _connect(self) -> None:
         assert self.bot is not None
         await self.bot.initialize()
@@ -102,6 +170,9 @@ class TelegramConnector(Connector):
         self._set("ok", f"polling as @{self.bot.username}")
 
     async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # the webhook stays set: Telegram keeps updates until we are back
+            self._runner = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -8,6 +8,7 @@ delivery, and the model's words do not matter here.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -318,10 +319,7 @@ async def test_files_go_out_multipart_and_come_back_as_documents(server: Telegra
 
 
 async def test_telegram_unreachable_at_start_is_degraded_then_recovers(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nothing listens on, yet
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    late = TelegramServer(port=port)
+    late = TelegramServer(port=_free_port())  # nothing listens there yet
     settings = fast(late)
     connector = TelegramConnector(settings)
     async with wired(connector, settings, ScriptedResponder(), tmp_path):
@@ -330,6 +328,51 @@ async def test_telegram_unreachable_at_start_is_degraded_then_recovers(tmp_path:
             await late.outbox.wait_for(lambda: connector.health().state == "ok", timeout=20)
             late.user_message(OWNER, "you made it")
             await late.outbox.wait_for_text(str(OWNER), "You said: you made it", timeout=15)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def webhook_settings(server: TelegramServer, **overrides) -> TelegramSettings:
+    port = _free_port()
+    values = {
+        "mode": "webhook", "listen_port": port, "webhook_secret": Secret("hook-secret_123"),
+        "webhook_url": f"http://127.0.0.1:{port}/telegram/webhook", **overrides,
+    }
+    return fast(server, **values)
+
+
+async def test_webhook_mode_round_trip_and_refusals(server: TelegramServer, tmp_path: Path) -> None:
+    settings = webhook_settings(server)
+    responder = ScriptedResponder(chunks=3, delay=0.1)
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        assert connector.health().state == "ok", connector.health()
+        assert server.webhook == (settings.webhook_url, "hook-secret_123")
+        update = json.dumps({"update_id": 99, "message": {"message_id": 1, "date": 0, "chat": {"id": 5}}}).encode()
+        assert await server.post_to_webhook(update, "wrong-secret") == 403
+        assert await server.post_to_webhook(update, None) == 403
+        assert await server.post_to_webhook(b"{not json", "hook-secret_123") == 200
+        assert await server.post_to_webhook(b'{"update_id": "x", "message": 7}', "hook-secret_123") == 200
+        asked = server.user_message(OWNER, "over the webhook")
+        [reply] = await server.outbox.wait_for_text(str(OWNER), "You said: over the webhook", timeout=15)
+        assert "getUpdates" not in server.calls
+    assert reply.reply_to == str(asked)
+    assert [m.text for m in responder.calls] == ["over the webhook"]
+    assert server.webhook is not None, "the webhook stays set while the box is down: Telegram keeps the updates"
+
+
+async def test_webhook_mode_with_a_webhook_telegram_refuses_fails_with_the_reason(
+    server: TelegramServer, tmp_path: Path
+) -> None:
+    settings = webhook_settings(server, webhook_url="ftp://example.invalid/hook")
+    connector = TelegramConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        health = connector.health()
+    assert health.state == "failed" and "an https url must be provided" in health.detail.lower()
 
 
 async def test_a_bad_token_fails_the_connector_with_a_reason(server: TelegramServer, tmp_path: Path) -> None:
@@ -360,5 +403,7 @@ def test_config_errors_name_the_key() -> None:
         load_settings({"telegram": {"dm_policy": "open"}})
     with pytest.raises(ConfigError, match=r"connectors\.telegram\.dm_policy"):
         load_settings({"telegram": {"token": "env:T", "dm_policy": "everyone"}})
+    with pytest.raises(ConfigError, match=r"connectors\.telegram\.webhook_url': Value error, required in webhook mode"):
+        load_settings({"telegram": {"token": "env:T", "mode": "webhook", "webhook_secret": "env:S"}})
     parsed = load_settings({"telegram": {"token": "env:TELEGRAM_TOKEN", "allow_from": [12345]}})["telegram"]
     assert isinstance(parsed, TelegramSettings) and parsed.allow_from == ["12345"]

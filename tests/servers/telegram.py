@@ -10,7 +10,9 @@ timeout passes, and drops updates below the offset the client confirms.
 Tests push user messages with `user_message`, read what the bot posted from `outbox`
 (tests/servers/outbox.py) and script failures with `faults` (keyed by method name).
 `raw_updates` injects updates exactly as given, malformed ones included, and
-`garbage_next_poll` makes the next getUpdates answer something that is not JSON.
+`garbage_next_poll` makes the next getUpdates answer something that is not JSON. Once
+the bot calls `setWebhook`, updates are posted to it instead (with its secret token in
+`X-Telegram-Bot-Api-Secret-Token`, retried until answered 2xx) and getUpdates is a 409.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from tests.servers.outbox import FaultPlan, Outbox
 
@@ -50,6 +52,10 @@ class TelegramServer:
         self._garbage_polls = 0
         self._runner: web.AppRunner | None = None
         self.confirmed_offset = 0
+        self.webhook: tuple[str, str | None] | None = None
+        self.webhook_answers: list[int] = []
+        self._session: ClientSession | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -60,8 +66,13 @@ class TelegramServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._session = ClientSession(timeout=ClientTimeout(total=10))
 
     async def stop(self) -> None:
+        for task in list(self._deliveries):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -113,8 +124,38 @@ class TelegramServer:
         return message_id
 
     def raw_updates(self, *updates: Any) -> None:
-        self._updates.extend(updates)
-        self._arrived.set()
+        """Queues updates for getUpdates, or posts them to the webhook when one is set."""
+        if self.webhook is None:
+            self._updates.extend(updates)
+            self._arrived.set()
+            return
+        for update in updates:
+            task = asyncio.get_running_loop().create_task(self._deliver(json.dumps(update).encode()))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, body: bytes) -> None:
+        """As Telegram does: retried until the webhook answers 2xx (a few times, here)."""
+        assert self.webhook is not None
+        for attempt in range(5):
+            status = await self.post_to_webhook(body, self.webhook[1])
+            if 200 <= status < 300:
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def post_to_webhook(self, body: bytes, secret: str | None) -> int:
+        """Posts `body` to the webhook as Telegram would, with `secret` in its header."""
+        assert self.webhook is not None and self._session is not None
+        headers = {"Content-Type": "application/json"}
+        if secret is not None:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+        try:
+            async with self._session.post(self.webhook[0], data=body, headers=headers) as r:
+                status = r.status
+        except ClientError:
+            status = 0
+        self.webhook_answers.append(status)
+        return status
 
     def next_update_id(self) -> int:
         return next(self._update_ids)
@@ -156,9 +197,20 @@ class TelegramServer:
         return _ok(_bot_user())
 
     async def _m_deleteWebhook(self, params: dict[str, Any]) -> web.Response:
+        self.webhook = None
+        return _ok(True)
+
+    async def _m_setWebhook(self, params: dict[str, Any]) -> web.Response:
+        url = _require(params, "url")
+        if not url.startswith(("https://", "http://127.0.0.1")):
+            raise _ApiError("Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        self.webhook = (url, params.get("secret_token") or None)
         return _ok(True)
 
     async def _m_getUpdates(self, params: dict[str, Any]) -> web.StreamResponse:
+        if self.webhook is not None:
+            return _error(409, "Conflict: can't use getUpdates method while webhook is active; "
+                          "use deleteWebhook to delete the webhook first")
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         if offset:
