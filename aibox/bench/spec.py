@@ -110,7 +110,7 @@ def bench_spec(
                 "speedup": round(tok_s / (plain.tokens / plain.seconds), 3),
                 "tau": round(stats.tau, 3),
                 "lossless": cell.lossless,
-                "ceiling": round(profile.ceiling(stats.tau, round(mean_batch)), 3),
+                "ceiling": round(profile.ceiling(stats.tau, mean_batch), 3),
                 "mean_batch": round(mean_batch, 2),
                 "tokens": cell.tokens,
                 "acceptance_by_position": [round(a, 3) for a in stats.acceptance],

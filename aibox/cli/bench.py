@@ -139,11 +139,12 @@ def spec(
     prof = result["profile"]
     console.print("profile: " + "  ".join(f"B={b} {s * 1000:.1f} ms" for b, s in zip(prof["batch_sizes"], prof["seconds"])))
     console.print(f"batched logits bit-identical to one-token decodes up to B={prof['exact_batch']}")
-    table = Table("prompt set", "drafter", "tok/s", "x plain", "τ", "lossless", "ceiling for τ")
+    table = Table("prompt set", "tok/s", "x plain", "τ", "lossless", "ceiling for τ")
+    table.add_column("drafter", no_wrap=True)
     for r in result["results"]:
         table.add_row(
-            r["prompt_set"], r["drafter"], f"{r['tok_s']:.1f}", f"{r['speedup']:.2f}", f"{r['tau']:.2f}",
-            "yes" if r["lossless"] else "NO", f"{r['ceiling']:.2f}",
+            r["prompt_set"], f"{r['tok_s']:.1f}", f"{r['speedup']:.2f}", f"{r['tau']:.2f}",
+            "yes" if r["lossless"] else "NO", f"{r['ceiling']:.2f}", r["drafter"],
         )
     console.print(table)
 

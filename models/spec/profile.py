@@ -51,7 +51,7 @@ class SpsProfile:
             return self._table[b]
         return self._interpolate(b)
 
-    def _interpolate(self, b: int) -> float:
+    def _interpolate(self, b: float) -> float:
         bs, ts = self.batch_sizes, self.seconds
         if b <= bs[-1]:
             return float(np.interp(b, bs, ts))
@@ -63,9 +63,10 @@ class SpsProfile:
     def sps(self, b: int) -> float:
         return 1.0 / self.step_seconds(b)
 
-    def ceiling(self, tau: float, b: int) -> float:
-        """Speed-up over plain decoding that τ tokens per step of B tokens allow, drafting free."""
-        return tau * self.step_seconds(1) / self.step_seconds(b)
+    def ceiling(self, tau: float, b: float) -> float:
+        """Speed-up over plain decoding that τ tokens per step of B tokens (a mean, maybe
+        fractional) allow, drafting free."""
+        return tau * self.step_seconds(1) / self._interpolate(b)
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}

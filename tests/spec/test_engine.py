@@ -66,10 +66,10 @@ def test_batched_decode_is_bit_identical_to_one_by_one_at_runtime_threads(smollm
     assert np.array_equal(batched, np.stack(rows))
 
 
-SMOL_PROMPTS = CHAT[:15] + CODE[:15] + COPY_HEAVY[:15]
+SMOL_PROMPTS = CHAT[:16] + CODE[:16] + COPY_HEAVY[:16]
 
 
-def test_greedy_identity_smollm2_45_prompts(smol):
+def test_greedy_identity_smollm2_48_prompts(smol):
     mismatches = []
     total = SpecStats()
     for i, text in enumerate(SMOL_PROMPTS):
@@ -137,7 +137,7 @@ def test_sampled_engine_matches_target_distribution(smol):
     engine = SpecEngine(smol, PromptLookupDrafter(), fixed_length=2)
     counts: dict[tuple[int, int], int] = {}
     stats = SpecStats()
-    n = 500
+    n = 400
     for i in range(n):
         out = list(engine.generate(prompt, 2, Sampling(temperature=0.9, top_k=5, seed=i), stats))
         assert len(out) == 2
@@ -162,20 +162,20 @@ def test_greedy_identity_qwen15_with_draft_model_and_prompt_lookup(qwen15_path, 
     assert exact >= 2
     longest = exact - 1
     gpu = SpsProfile(GPU.batch_sizes, GPU.seconds, exact_batch=exact)
-    prompts = [CHAT[0], CODE[0], COPY_HEAVY[0], CHAT[1], CODE[1], COPY_HEAVY[5]]
+    prompts = [CHAT[0], CODE[0], COPY_HEAVY[0], COPY_HEAVY[5]]
     stats = {"draft_model": SpecStats(), "prompt_lookup": SpecStats(), "auto": SpecStats()}
     for i, text in enumerate(prompts):
         prompt = chat_prompt(target, text)
-        expected = plain_greedy(target, prompt, 16)
+        expected = plain_greedy(target, prompt, 12)
         engines = {
             "draft_model": SpecEngine(target, draft, fixed_length=longest),
             "prompt_lookup": SpecEngine(target, PromptLookupDrafter(), fixed_length=longest),
         }
-        if i % 3 == 2:
+        if i == 2:
             engines["auto"] = SpecEngine(target, AutoDrafter(Scheduler(gpu), [PromptLookupDrafter(), draft]), Scheduler(gpu))
         for name, engine in engines.items():
             target.rollback(0)
-            got = list(engine.generate(prompt, 16, stats=stats[name]))
+            got = list(engine.generate(prompt, 12, stats=stats[name]))
             assert got == expected, f"{name} differs on {text!r}"
     assert stats["draft_model"].accepted > 5
     assert stats["prompt_lookup"].drafted > 0
