@@ -148,6 +148,28 @@ async def test_a_stranger_flooding_the_bot_gets_the_code_a_few_times_then_nothin
     assert responder.calls == []
 
 
+async def test_attachments_and_replies_arrive_as_metadata(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    responder = ScriptedResponder()
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        user = {"id": OWNER, "is_bot": False, "first_name": "Ann", "last_name": "Lee"}
+        server.raw_updates({"update_id": server.next_update_id(), "message": {
+            "message_id": 501, "date": 0, "chat": {"id": OWNER, "type": "private"}, "from": user,
+            "caption": "what is in this file?",
+            "document": {"file_id": "BQAC-doc", "file_unique_id": "u1", "file_name": "report.pdf",
+                         "mime_type": "application/pdf", "file_size": 48213},
+            "reply_to_message": {"message_id": 400, "date": 0, "chat": {"id": OWNER, "type": "private"},
+                                 "from": user, "text": "earlier"},
+        }})
+        await server.outbox.wait_for_text(str(OWNER), "You said: what is in this file?")
+    [msg] = responder.calls
+    assert msg.text == "what is in this file?" and msg.reply_to == "400" and msg.sender_name == "Ann Lee"
+    [doc] = msg.attachments
+    assert (doc.kind, doc.name, doc.mime_type, doc.size, doc.ref) == (
+        "document", "report.pdf", "application/pdf", 48213, "BQAC-doc"
+    )
+
+
 async def test_a_429_in_the_middle_of_streaming_is_waited_out(server: TelegramServer, tmp_path: Path) -> None:
     settings = fast(server)
     server.faults.add("editMessageText", status=429, retry_after=1)

@@ -135,6 +135,26 @@ async def test_unknown_sender_gets_a_pairing_code_and_no_answer_until_approved(
     assert [m.text for m in responder.calls] == ["now?"]
 
 
+async def test_media_and_replies_arrive_as_metadata(meta: FakeWhatsApp, tmp_path: Path) -> None:
+    settings = fast(meta)
+    responder = ScriptedResponder()
+    connector = WhatsAppConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        await started(meta, connector)
+        image = {
+            "from": OWNER, "id": "wamid.img1", "timestamp": "1700000000", "type": "image",
+            "image": {"caption": "what plant is this?", "mime_type": "image/jpeg", "sha256": "abc", "id": "MEDIA-1"},
+            "context": {"from": meta.display_number, "id": "wamid.out.earlier"},
+        }
+        answer = await meta.post_raw(json.dumps(meta.envelope(OWNER, image)).encode())
+        assert answer.status_code == 200
+        await meta.outbox.wait_for_text(OWNER, "You said: what plant is this?")
+    [msg] = responder.calls
+    assert msg.text == "what plant is this?" and msg.reply_to == "wamid.out.earlier"
+    [photo] = msg.attachments
+    assert (photo.kind, photo.mime_type, photo.ref) == ("image", "image/jpeg", "MEDIA-1")
+
+
 async def test_a_429_while_streaming_is_waited_out(meta: FakeWhatsApp, tmp_path: Path) -> None:
     settings = fast(meta)
     meta.faults.add("send", status=429, retry_after=0.5)
