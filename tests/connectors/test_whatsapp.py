@@ -168,6 +168,19 @@ async def test_a_429_while_streaming_is_waited_out(meta: FakeWhatsApp, tmp_path:
     assert len({m.text for m in messages}) == len(messages), "no piece was sent twice"
 
 
+async def test_the_pair_rate_limit_sent_as_a_400_is_waited_out_too(meta: FakeWhatsApp, tmp_path: Path) -> None:
+    settings = fast(meta)
+    meta.faults.add("send", status=400)
+    responder = ScriptedResponder()
+    connector = WhatsAppConnector(settings)
+    async with wired(connector, settings, responder, tmp_path):
+        await started(meta, connector)
+        await meta.user_message(OWNER, "again please")
+        [reply] = await meta.outbox.wait_for_text(OWNER, "You said: again please", timeout=15)
+    assert [f.status for f in meta.faults.played] == [400]
+    assert reply.text == "You said: again please"
+
+
 async def test_server_errors_are_retried_and_the_reply_arrives_once(meta: FakeWhatsApp, tmp_path: Path) -> None:
     settings = fast(meta)
     meta.faults.add("send", status=500)

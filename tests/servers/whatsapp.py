@@ -166,6 +166,9 @@ class FakeWhatsApp:
                 response = _error(429, 130429, "Rate limit hit", "OAuthException")
                 response.headers["Retry-After"] = f"{fault.retry_after:g}"
                 return response
+            if fault.status == 400:  # Meta's per-recipient throttle comes as a 400 with its own code
+                return _error(400, 131056, "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+                              "OAuthException")
             return _error(fault.status, 1, "An unknown error occurred", "OAuthException")
         if route == "typing":
             message_id = str(body.get("message_id"))
