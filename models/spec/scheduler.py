@@ -40,7 +40,8 @@ class Scheduler:
             raise ValueError("max_draft must be >= 0")
         self.profile = profile
         # beyond the exact batch, batched logits differ from plain decoding's: not lossless
-        self.max_draft = min(max_draft, profile.exact_batch - 1) if profile.exact_batch else max_draft
+        self.capped = 0 < profile.exact_batch < profile.batch_sizes[-1]
+        self.max_draft = min(max_draft, profile.exact_batch - 1) if self.capped else max_draft
 
     def rate(self, survival: Sequence[float], draft_seconds: float) -> float:
         """Expected tokens per second of one step verifying len(survival) drafted tokens."""
@@ -125,12 +126,10 @@ class Scheduler:
                 best_len, ceiling = n, speedup
         b8 = self.profile.step_seconds(8) / self.profile.step_seconds(1)
         cost = f"a verify step of 8 tokens costs {b8:.1f} single steps"
-        if self.profile.exact_batch:
+        if self.capped:
             cost += (
                 f"; batches above {self.profile.exact_batch} tokens are not bit-identical to single decodes"
                 f" here, so drafts stop at {self.max_draft}"
-                if self.max_draft + 1 == self.profile.exact_batch
-                else ""
             )
         if ceiling <= MIN_GAIN:
             return Assessment(
