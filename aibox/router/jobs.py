@@ -80,8 +80,7 @@ class LongJobs:
         job = LongJob(chat, model)
         job.on_done = on_done
         job.status_message = await delivery.send(
-            f"Working on a long answer with {model} (about {expected_s:.0f} s). I'll post it here when it is done; "
-            "/cancel stops it."
+            f"Writing a long answer with {model} (about {expected_s:.0f} s)… /cancel stops it."
         )
         self._jobs.setdefault(chat, set()).add(job)
         job.task = asyncio.create_task(self._run(job, pieces, delivery), name=f"long-job-{chat}")

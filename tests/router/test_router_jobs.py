@@ -52,7 +52,7 @@ async def test_long_job_acknowledges_reports_progress_and_posts_the_answer(pool)
     chat, jobs = Chat(), LongJobs(interval_s=0.2)
     stream = await pool.stream(SMOL, STORY, SamplingParams(max_tokens=120, temperature=0))
     job = await jobs.start("tg:1", SMOL, stream, chat.delivery(), expected_s=10)
-    assert chat.sent[0].startswith(f"Working on a long answer with {SMOL}")  # acknowledged before any text
+    assert chat.sent[0].startswith(f"Writing a long answer with {SMOL}")  # acknowledged before any text
     assert jobs.running("tg:1") == [job]
     await asyncio.wait_for(job.task, timeout=300)
     assert job.state == "done" and job.words > 0
