@@ -114,13 +114,14 @@ def report(z: np.ndarray, hit: np.ndarray, temps: list[float]) -> dict:
     return out
 
 
-def calibrate(checkpoint: Path, gguf_path: Path, data_dir: Path, device: torch.device, anchors: int = 32) -> dict:
+def calibrate(checkpoint: Path, gguf_path: Path, data_dir: Path, device: torch.device, anchors: int = 32,
+              min_blocks: int = 50) -> dict:
     """Fits the temperatures, stores them in the checkpoint's config.json, returns the report."""
     cfg, meta = read_config(checkpoint)
     val_percent = meta.get("train", {}).get("validation_percent", 8)
     model = load_checkpoint(checkpoint, gguf_path, device)
     z, hit = collect(model, load_examples(data_dir, val_percent, "val"), anchors, device)
-    if len(z) < 50:
+    if len(z) < min_blocks:
         raise ValueError(f"only {len(z)} held-out blocks; prepare more data before calibrating")
     ones = [1.0] * z.shape[1]
     # fit on half the blocks, report on the other half, so "after" is not measured on the fit data

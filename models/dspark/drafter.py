@@ -1,8 +1,10 @@
 """DSpark as a drafter of the speculative engine.
 
 Features are exactly what training saw: the target's final hidden state per position, as
-llama.cpp returns it from the verify decode. The engine hands over the rows of the tokens it
-just accepted; they always end right before the last context token (the anchor). Each row
+llama.cpp returns it from the verify decode. The engine hands over the rows of the positions
+it just committed to the KV cache: right after the prompt they end with the prompt's last
+token, later they end right before the last context token (the bonus token, not decoded
+yet). A block only ever attends to positions before its anchor, as in training. Each row
 is fused and projected to every layer's keys and values once and kept, with its position,
 so a proposal costs one pass over the γ block slots plus the serial sampling.
 Positions the drafter never saw (a cached prompt prefix, a step another drafter took) are
@@ -59,6 +61,7 @@ class DSparkDrafter(Drafter):
 
     def _reset(self) -> None:
         self._tokens: list[int] = []  # token at each position up to the last cached feature
+        self._prompt_len = 0
         self._pos = torch.empty(0, dtype=torch.long, device=self.device)  # positions with features, ascending
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, (1, Hk, N, hd)
 
@@ -71,18 +74,20 @@ class DSparkDrafter(Drafter):
         self._kv = [(k[:, :, :n], v[:, :, :n]) for k, v in self._kv]
 
     def begin(self, prompt: Sequence[int]) -> None:
-        keep = common_prefix(self._tokens, list(prompt[:-1]))
+        keep = common_prefix(self._tokens, list(prompt))
         self._truncate(keep)
         self._tokens = self._tokens[:keep]
+        self._prompt_len = len(prompt)
 
     @torch.inference_mode()
     def _add_features(self, context: Sequence[int], hidden: np.ndarray) -> None:
-        """Rows of `hidden` are the positions right before the last context token."""
-        start = len(context) - 1 - hidden.shape[0]
+        """The rows end with the last context token right after the prompt, else the one before it."""
+        end = len(context) if len(context) == self._prompt_len else len(context) - 1
+        start = end - hidden.shape[0]
         if start < 0:
             raise ValueError(f"{hidden.shape[0]} feature rows for a context of {len(context)} tokens")
         self._truncate(start)
-        pos = torch.arange(start, len(context) - 1, device=self.device)
+        pos = torch.arange(start, end, device=self.device)
         feats = torch.as_tensor(hidden, dtype=torch.float32, device=self.device).unsqueeze(0)
         new = self.model.context_kv(feats, pos.unsqueeze(0))
         if self._kv:
@@ -90,7 +95,7 @@ class DSparkDrafter(Drafter):
         else:
             self._kv = new
         self._pos = torch.cat([self._pos, pos])
-        self._tokens = list(context[:-1])
+        self._tokens = list(context[:end])
 
     def _confidence(self, z: torch.Tensor | None, logits: torch.Tensor, j: int) -> float:
         if z is None:  # no confidence head (the DFlash baseline): the draft's own top probability
@@ -126,8 +131,9 @@ class DSparkDrafter(Drafter):
         is_anchor = torch.zeros(1, G, dtype=torch.bool, device=self.device)
         is_anchor[0, 0] = True
         pos = torch.arange(len(context) - 1, len(context) - 1 + G, device=self.device).unsqueeze(0)
-        if self._kv:
-            ctx = self._kv
+        if self._kv:  # context strictly before the anchor (its own feature may be cached already)
+            n = int(torch.searchsorted(self._pos, torch.tensor(len(context) - 1, device=self.device)))
+            ctx = [(k[:, :, :n], v[:, :, :n]) for k, v in self._kv]
         else:  # nothing seen yet: attend to the block alone
             hd, hk = self.cfg.head_dim, self.cfg.n_kv_heads
             empty = torch.empty(1, hk, 0, hd, device=self.device)

@@ -243,7 +243,7 @@ def train(
         step += 1
         row = {
             "step": step,
-            "loss": round(float(r["loss"]), 5),
+            "loss": round(float(r["loss"].detach()), 5),
             "ce": round(float(r["ce"]), 5),
             "tv": round(float(r["tv"]), 5),
             "bce": round(float(r["bce"]), 5),
