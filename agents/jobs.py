@@ -29,7 +29,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import select
 
-from agents.schedule import JobRequest, When, next_runs, parse_request, parse_when
+from agents.schedule import JobRequest, next_runs, parse_request, parse_when
 from agents.tables import JobInfo, JobRun
 from aibox.secrets import redact
 from aibox.store import Store

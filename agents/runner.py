@@ -14,7 +14,6 @@ go back to the model before it answers.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from agents import tools
 from agents.registry import Registry, RegistryError
-from agents.schedule import ScheduleError
+from agents.schedule import ScheduleError, is_job_request
 from agents.sessions import Sessions, TokenCounter
 from agents.spec import AgentSpec
 from connectors.base import InboundMessage
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMMANDS = ("agents", "use", "reset", "remember", "forget", "history", "jobs", "cancel", "remind", "schedule", "help")
-# Plain messages that ask for a job ("remind me ...", "in 20 minutes ...", "every Monday at 9 ...").
-JOB_REQUEST = re.compile(r"^\s*(?:please\s+)?(?:remind me\b|in \d+ (?:second|minute|hour|day|week)|every \w+|at \d{1,2}(?::\d\d)?\b)", re.I)
 SUMMARY_PROMPT = (
     "Summarise this conversation in at most six sentences for your own memory. Keep names, facts, "
     "numbers, decisions and open tasks; drop greetings and small talk."
@@ -69,7 +66,7 @@ class AgentRunner:
             yield await self.command(command, msg)
             return
         spec = await self.agent_for(msg.platform, msg.chat_id)
-        if JOB_REQUEST.match(msg.text) and self.jobs is not None:
+        if self.jobs is not None and is_job_request(msg.text):
             try:
                 created = await self.jobs.create_from_text(msg.text, msg.platform, msg.chat_id, msg.sender_id, spec.name, self.timezone)
             except ScheduleError:
@@ -149,10 +146,11 @@ class AgentRunner:
         """A long answer to a chat message runs in the background (aibox/router/jobs.py): the
         reply is a short acknowledgement, a status message is edited as it grows, the answer
         is posted when done, and /cancel stops it. Returns the acknowledgement, or None when
-        the turn should stream as usual (short answers, tools, scheduled jobs, no connector)."""
+        the turn should stream as usual (short answers, scheduled jobs, no connector). A long
+        answer is written without tool calls: tools serve short actions, not long writing."""
         router = getattr(self.daemon, "router", None)
         connectors = self.daemon.connectors
-        if (decision is None or decision.length_class != "long" or spec.tools or router is None or source != platform
+        if (decision is None or decision.length_class != "long" or router is None or source != platform
                 or connectors is None or platform not in connectors.connectors):
             return None
         from aibox.router.jobs import connector_delivery

@@ -66,7 +66,7 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("in", re.compile(rf"\bin\s+{COUNT}\s+{UNIT}")),
     ("date", re.compile(rf"\bon\s+(?P<date>\d{{4}}-\d{{2}}-\d{{2}})(?:\s+at\s+{TIME})?")),
     ("at", re.compile(rf"\b(?P<day>today|tomorrow)?\s*at\s+{TIME}(?!\S)")),
-    ("at", re.compile(rf"\b(?P<day>tomorrow)\b")),
+    ("day", re.compile(r"\b(?P<day>tomorrow)\b")),
 ]
 ZONE = re.compile(r"\b(?:in|tz|timezone)[\s=:]+(?P<zone>UTC|[A-Z][A-Za-z_]+/[A-Za-z_]+(?:/[A-Za-z_]+)?)\b")
 REMIND = re.compile(r"^\s*(?:please\s+)?(?:remind|tell)\s+me\s*(?:to|that|about)?\s*", re.I)
@@ -112,6 +112,17 @@ def parse_request(text: str, tz: str, now: datetime | None = None) -> JobRequest
     if not task:
         raise ScheduleError(f"say what to do as well as when, e.g. \"{when.description}, remind me to stretch\"")
     return JobRequest(when, kind, task)
+
+
+def is_job_request(text: str) -> bool:
+    """Whether a plain chat message asks for a job: it starts with "remind me"/"tell me"
+    or with a schedule ("every Monday at 9 ...", "in 20 minutes ..."). A time in the
+    middle of an ordinary question ("why does it crash at 5 pm?") does not count."""
+    stripped = text.strip()
+    if REMIND.match(stripped):
+        return True
+    lowered = stripped.lower()
+    return any(pattern.match(lowered) for form, pattern in PATTERNS if form != "day")
 
 
 def parse_when(text: str, tz: str, now: datetime | None = None) -> When:
@@ -181,7 +192,7 @@ def _build(form: str, m: re.Match[str], tz: str, tzinfo: ZoneInfo, now: datetime
         if run <= now:
             raise ScheduleError(f"{run:%Y-%m-%d %H:%M} {tz} is in the past")
         return When(DateTrigger(run_date=run, timezone=tzinfo), f"once at {run:%Y-%m-%d %H:%M} ({tz})", tz, True)
-    hour, minute = _time(m.group("time")) if m.groupdict().get("time") else (9, 0)
+    hour, minute = _time(m.group("time")) if m.groupdict().get("time") else (9, 0)  # "at" and "day"
     run = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if m.group("day") == "tomorrow":
         run += timedelta(days=1)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agents.schedule import ScheduleError, next_runs, parse_request
+from agents.schedule import ScheduleError, is_job_request, next_runs, parse_request
 
 UTC = ZoneInfo("UTC")
 NOW = datetime(2026, 11, 29, 16, 30, tzinfo=UTC)  # a Sunday
@@ -88,3 +88,21 @@ def test_same_words_same_job() -> None:
     b = parse_request("remind me every weekday at 8:00 to stretch", "UTC", NOW)
     assert (a.kind, a.task, a.when.description) == (b.kind, b.task, b.when.description)
     assert next_runs(a.when, 5, NOW) == next_runs(b.when, 5, NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "is_job"),
+    [
+        ("remind me every weekday at 8:00 to stretch", True),
+        ("every Monday at 9 summarise my notes", True),
+        ("in 20 minutes tell me to check the oven", True),
+        ("at 18:00 tell me dinner is ready", True),
+        ("Please remind me to call mum tomorrow", True),
+        ("every time I open the app it crashes at 5 pm", False),
+        ("Why does it crash at 5 pm?", False),
+        ("What happens in 20 minutes?", False),
+        ("tomorrow is my birthday", False),
+    ],
+)
+def test_which_chat_messages_ask_for_a_job(text: str, is_job: bool) -> None:
+    assert is_job_request(text) is is_job
