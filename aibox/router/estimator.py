@@ -1,8 +1,10 @@
 """How many tokens a request's answer will have, before any model runs.
 
-Two sources, blended: a ridge regression on log(tokens) over the text features, fitted
-on the shipped labelled prompt set (weights in data/estimator.json, refitted with
-`python -m aibox.router.estimator`), and the real answer lengths this box has produced
+Two sources, blended: linear models over the text features, fitted on the shipped
+labelled prompt set (weights in data/estimator.json, refitted with `python -m
+aibox.router.estimator`): two L2-regularised logistic regressions decide the length
+class (is the answer at least 60 tokens? over 200?), and a ridge regression on
+log(tokens) gives the token count within that class; and the real answer lengths this box has produced
 for the same sender and agent (the `generations` table), which pull the prediction
 towards what that person or agent actually gets as they use the box. Explicit hints
 (/fast, /long, a requested word count) override both.
@@ -33,6 +35,7 @@ LONG_MIN = 200  # over 200 tokens: long
 # answers from a sender and agent, the two weigh the same.
 HISTORY_PRIOR = 8
 HISTORY_WINDOW = 50
+L2_CHOICES = (0.1, 0.3, 1.0, 3.0)
 
 
 def length_class(tokens: float) -> str:
@@ -52,12 +55,17 @@ class Estimate:
 
 
 class LengthModel:
-    """Ridge regression from feature vectors to log(1 + tokens)."""
+    """Class boundaries from two logistic regressions, the token count from a ridge
+    regression on log(1 + tokens) kept inside the predicted class."""
 
-    def __init__(self, weights: list[float], cap: int) -> None:
-        if len(weights) != len(VECTOR_NAMES):
-            raise ValueError(f"estimator weights have {len(weights)} entries, the features {len(VECTOR_NAMES)}")
+    def __init__(self, weights: list[float], cap: int, over_short: list[float] | None = None,
+                 over_long: list[float] | None = None) -> None:
+        for w in (weights, over_short, over_long):
+            if w is not None and len(w) != len(VECTOR_NAMES):
+                raise ValueError(f"estimator weights have {len(w)} entries, the features {len(VECTOR_NAMES)}")
         self.weights = np.asarray(weights, dtype=float)
+        self.over_short = np.asarray(over_short, dtype=float) if over_short is not None else None
+        self.over_long = np.asarray(over_long, dtype=float) if over_long is not None else None
         self.cap = cap
 
     @classmethod
@@ -68,26 +76,67 @@ class LengthModel:
             raise FileNotFoundError(f"no estimator weights at {path}; run `python -m aibox.router.estimator`") from None
         if data.get("features") != VECTOR_NAMES:
             raise ValueError(f"{path} was fitted on other features; refit with `python -m aibox.router.estimator`")
-        return cls(data["weights"], data["cap"])
+        return cls(data["weights"], data["cap"], data.get("over_short"), data.get("over_long"))
 
     def log_tokens(self, features: Features) -> float:
         return float(np.dot(self.weights, features.vector()))
 
     def tokens(self, features: Features) -> float:
-        return float(min(self.cap, max(1.0, math.expm1(self.log_tokens(features)))))
+        """Predicted answer length, inside the predicted class's range."""
+        tokens = min(self.cap, max(1.0, math.expm1(self.log_tokens(features))))
+        if self.over_short is None or self.over_long is None:
+            return tokens
+        x = features.vector()
+        if np.dot(self.over_short, x) < 0:
+            return min(tokens, SHORT_MAX - 1)
+        if np.dot(self.over_long, x) > 0:
+            return max(tokens, LONG_MIN + 1)
+        return min(max(tokens, SHORT_MAX), LONG_MIN)
+
+
+def _penalty(n: int, l2: float) -> np.ndarray:
+    penalty = l2 * np.eye(n)
+    penalty[0, 0] = 0.0  # the bias is not penalised
+    return penalty
 
 
 def fit(rows: list[dict], l2: float = 1.0) -> np.ndarray:
-    """Ridge on log(1 + tokens); the bias is not penalised."""
+    """Ridge on log(1 + tokens)."""
     x = np.array([extract(r["text"]).vector() for r in rows])
     y = np.array([math.log1p(r["tokens"]) for r in rows])
-    penalty = l2 * np.eye(x.shape[1])
-    penalty[0, 0] = 0.0
-    return np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    return np.linalg.solve(x.T @ x + _penalty(x.shape[1], l2), x.T @ y)
+
+
+def fit_logistic(rows: list[dict], above: int, l2: float) -> np.ndarray:
+    """P(tokens >= above) by Newton's method on the L2-penalised log-likelihood."""
+    x = np.array([extract(r["text"]).vector() for r in rows])
+    y = np.array([float(r["tokens"] >= above) for r in rows])
+    w = np.zeros(x.shape[1])
+    penalty = _penalty(x.shape[1], l2)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        grad = x.T @ (p - y) + penalty @ w
+        hess = x.T @ (x * (p * (1 - p))[:, None]) + penalty + 1e-6 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def fit_model(rows: list[dict], cap: int, l2: float) -> LengthModel:
+    return LengthModel(fit(rows, l2).tolist(), cap, fit_logistic(rows, SHORT_MAX, l2).tolist(),
+                       fit_logistic(rows, LONG_MIN + 1, l2).tolist())
 
 
 def load_prompts(path: Path = PROMPTS) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The labelled prompts, each once (parallel labelling workers may both label one)."""
+    rows: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["id"], row)
+    return list(rows.values())
 
 
 class Estimator:
@@ -142,8 +191,18 @@ def evaluate(model: LengthModel, rows: list[dict]) -> dict:
     return {"n": len(rows), "accuracy": correct / len(rows) if rows else 0.0, "confusion": confusion}
 
 
+def cross_validated_accuracy(rows: list[dict], cap: int, l2: float, folds: int = 5) -> float:
+    correct = 0
+    for k in range(folds):
+        train = [r for i, r in enumerate(rows) if i % folds != k]
+        held = [r for i, r in enumerate(rows) if i % folds == k]
+        correct += evaluate(fit_model(train, cap, l2), held)["accuracy"] * len(held)
+    return correct / len(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Fits the weights on the train split and prints test accuracy."""
+    """Fits the weights on the train split (regularisation chosen by cross-validation
+    within it) and prints train and test accuracy."""
     rows = load_prompts()
     train = [r for r in rows if r["split"] == "train"]
     test = [r for r in rows if r["split"] == "test"]
@@ -151,15 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"only {len(train)} labelled training prompts in {PROMPTS}; label more first", file=sys.stderr)
         return 1
     cap = max(r["max_tokens"] for r in rows)
-    weights = fit(train)
-    model = LengthModel(weights.tolist(), cap)
+    l2 = max(L2_CHOICES, key=lambda c: cross_validated_accuracy(train, cap, c))
+    model = fit_model(train, cap, l2)
     result = {"train": evaluate(model, train), "test": evaluate(model, test)}
     WEIGHTS.write_text(
-        json.dumps({"features": VECTOR_NAMES, "weights": [round(w, 6) for w in weights], "cap": cap,
-                    "trained_on": len(train), "label_model": rows[0]["model"]}, indent=1) + "\n",
+        json.dumps({"features": VECTOR_NAMES, "weights": [round(w, 6) for w in model.weights],
+                    "over_short": [round(w, 6) for w in model.over_short],
+                    "over_long": [round(w, 6) for w in model.over_long],
+                    "cap": cap, "l2": l2, "trained_on": len(train), "label_model": rows[0]["model"]}, indent=1) + "\n",
         encoding="utf-8",
     )
-    print(json.dumps({k: {"n": v["n"], "accuracy": round(v["accuracy"], 3)} for k, v in result.items()}))
+    print(json.dumps({"l2": l2} | {k: {"n": v["n"], "accuracy": round(v["accuracy"], 3)} for k, v in result.items()}))
     print(json.dumps(result["test"]["confusion"]))
     return 0
 

@@ -71,6 +71,21 @@ QUESTION_WORDS = [
     r"^\s*(qu(e|')|qui|quand|où|comment|pourquoi|combien)\b", r"^\s*¿", r"^\s*(qual|quale|come|quanto)\b",
     r"什么|哪|吗|多少|怎么|为什么", r"ですか", r"^\s*(какая|какой|что|как|почему)\b",
 ]
+# Questions that invite an explanation (long with a verbose model) and ones that ask for a fact.
+OPEN_QUESTION = [
+    r"^\s*(how (do|does|can|should|to|would)|why|what (should|are|makes|happens)|what's a good|explain|describe|tell me about)\b",
+    r"\b(pros and cons|advantages|differences?|benefits|tips|ideas|recommend|example|examples)\b",
+    r"^\s*(wie (kann|koche|mache|funktioniert)|warum|was sind)\b", r"^\s*(comment|pourquoi)\b",
+    r"^\s*(¿\s*)?(cómo|por qué|cuáles son)\b", r"^\s*(come|perché)\b", r"^\s*(como|por que)\b",
+    r"如何|为什么|怎么|例子|建议", r"なぜ|どうやって", r"^\s*(как|почему)\b",
+]
+FACTUAL = [
+    r"^\s*(who|when|where|which|how (many|much|old|long|far)|what (year|day|time|port)|what is the (capital|chemical|speed|boiling|output|name))\b",
+    r"^\s*(wer|wann|wo|wie viele|welche)\b", r"^\s*(qui|quand|où|combien|quelle est la capitale)\b",
+    r"^\s*(¿\s*)?(quién|cuándo|dónde|cuántos|cuál es (el|la) (capital|río))\b", r"^\s*qual è\b", r"^\s*qual é\b",
+    r"哪里|多少|几|是谁|首都", r"どこ|いくつ", r"^\s*(какая|какой|сколько|где|когда)\b",
+    r"\b(just|only) the\b", r"\bin one word\b", r"\byes or no\b",
+]
 LIST = [r"\blist\b", r"\bbullet", r"\bname (the|three|five)\b", r"\b(three|five|ten|3|5|10) (tips|ideas|things|fruits|benefits)\b",
         r"\bnenne\b", r"\benumera\b", r"\bstichpunkt", r"要点", r"\bsteps?\b"]
 GREETING = re.compile(
@@ -112,6 +127,8 @@ class Features:
     translate: bool
     question: bool
     list_request: bool
+    open_question: bool
+    factual: bool
     greeting: bool
     requested_tokens: int | None  # from an explicit word or line count
     cjk: bool
@@ -139,6 +156,8 @@ class Features:
             float(self.summarise) * math.log1p(self.attached_chars),
             float(self.question),
             float(self.list_request),
+            float(self.open_question),
+            float(self.factual),
             float(self.greeting),
             float(self.cjk),
             float(self.chars < 25),
@@ -149,7 +168,7 @@ class Features:
 
 VECTOR_NAMES = [
     "bias", "log_chars", "log_attached", "log_words", "multiline", "brief", "detail", "code", "code_write", "write",
-    "summarise", "translate", "translate_x_attached", "summarise_x_attached", "question", "list", "greeting", "cjk",
+    "summarise", "translate", "translate_x_attached", "summarise_x_attached", "question", "list", "open_question", "factual", "greeting", "cjk",
     "tiny", "log_requested", "has_requested",
 ]
 
@@ -203,6 +222,8 @@ def extract(text: str, agent: str | None = None, attachment_chars: int = 0) -> F
         translate=_any(TRANSLATE, instruction),
         question=_any(QUESTION_WORDS, instruction) or instruction.rstrip().endswith(("?", "？")),
         list_request=_any(LIST, instruction),
+        open_question=_any(OPEN_QUESTION, instruction),
+        factual=_any(FACTUAL, instruction),
         greeting=bool(GREETING.match(instruction)) and len(instruction) < 40,
         requested_tokens=requested_tokens(instruction),
         cjk=bool(CJK.search(instruction)),
