@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ Ask = Callable[[JobInfo], Awaitable[str]]  # the agent's answer to a job's task
 Alert = Callable[[str, str], Awaitable[None]]  # platform, text for the owner
 
 ALERT_AFTER_FAILURES = 2
+AGENT_JOB_ID = re.compile(r"^[a-z][a-z0-9_-]*-\d+$")  # "briefing-0"; jobs made in chat are "j" + hex
 MAX_MISSED_COUNT = 100_000
 _LIVE: dict[str, "Jobs"] = {}
 
@@ -117,15 +119,27 @@ class Jobs:
         confirmation = f"Job {job_id}: I'll {what}, {request.when.description}. Next: {when}. Cancel with /cancel {job_id}."
         return Created(job_id, request.when.description, runs, confirmation)
 
-    def schedule_agent(self, agent: str, index: int, when_text: str, task: str, platform: str, chat_id: str) -> Created:
-        """An agent file's own schedule (the daily briefing); same id every start."""
+    def schedule_agent(self, agent: str, index: int, when_text: str, task: str, platform: str, chat_id: str) -> str:
+        """An agent file's own schedule (the daily briefing), under the same id on every
+        start. An unchanged schedule keeps its job, so runs it missed while the box was
+        off are still made up; a changed one is replaced."""
+        job_id = f"{agent}-{index}"
         when = parse_when(when_text, self.default_tz)
-        return self.create(JobRequest(when, "ask", task), platform, chat_id, None, agent, job_id=f"{agent}-{index}")
+        with self.store.session() as s:
+            info = s.get(JobInfo, job_id)
+            same = info is not None and info.active and (info.schedule, info.task, info.platform, info.chat_id) == (
+                when.description, task, platform, chat_id)
+        if not (same and self.scheduler.get_job(job_id) is not None):
+            self.create(JobRequest(when, "ask", task), platform, chat_id, None, agent, job_id=job_id)
+        return job_id
 
-    def unschedule_agent(self, agent: str) -> None:
-        for job in self.scheduler.get_jobs():
-            if job.id.startswith(f"{agent}-") and job.id.removeprefix(f"{agent}-").isdigit():
-                self.cancel(job.id)
+    def keep_agent_jobs(self, wanted: set[str]) -> None:
+        """Cancels agent-file schedules no longer wanted (agent disabled, removed or edited)."""
+        with self.store.session() as s:
+            ids = s.scalars(select(JobInfo.id).where(JobInfo.active.is_(True), JobInfo.sender_id.is_(None))).all()
+        for job_id in ids:
+            if AGENT_JOB_ID.match(job_id) and job_id not in wanted:
+                self.cancel(job_id)
 
     def list(self, platform: str | None = None, chat_id: str | None = None) -> list[dict]:
         with self.store.session() as s:

@@ -90,9 +90,9 @@ class Agents:
         await self.deliver(platform, chat, text)
 
     def sync_agent_schedules(self) -> None:
-        """Schedules from agent files: added for enabled agents whose chat is reachable."""
+        """Schedules from agent files: kept for enabled agents whose chat is reachable."""
+        wanted: set[str] = set()
         for entry in self.registry.all():
-            self.jobs.unschedule_agent(entry.spec.name)
             if not entry.enabled:
                 continue
             for i, schedule in enumerate(entry.spec.schedules):
@@ -102,7 +102,8 @@ class Agents:
                 if self.connectors is None or platform not in self.connectors.settings or not chat:
                     log.info("schedule %d of agent %s not active: %s is not configured", i, entry.spec.name, schedule.chat)
                     continue
-                self.jobs.schedule_agent(entry.spec.name, i, schedule.when, schedule.task, platform, chat)
+                wanted.add(self.jobs.schedule_agent(entry.spec.name, i, schedule.when, schedule.task, platform, chat))
+        self.jobs.keep_agent_jobs(wanted)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -139,3 +139,25 @@ async def test_an_agent_job_delivers_the_agents_answer(tmp_path: Path) -> None:
     jobs.cancel(created.id)
     assert box.delivered[0] == ("telegram", "42", "answer to summarise my notes")
     await jobs.shutdown()
+
+
+async def test_agent_file_schedules_are_kept_across_restarts_and_replaced_when_edited(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aibox.db'}"
+    first = jobs_on(url, Box())
+    first.start()
+    mine = await first.create_from_text("every Monday at 9 summarise my notes", "telegram", "42", "42", "assistant")
+    assert first.schedule_agent("briefing", 0, "every day at 7:00", "Write the briefing.", "telegram", "42") == "briefing-0"
+    before = {j["id"]: j for j in first.list()}
+    await first.shutdown()
+    first.store.close()
+
+    second = jobs_on(url, Box())
+    second.start(paused=True)
+    second.schedule_agent("briefing", 0, "every day at 7:00", "Write the briefing.", "telegram", "42")
+    assert {j["id"]: j for j in second.list()} == before, "an unchanged schedule keeps its job and next run"
+    second.schedule_agent("briefing", 0, "every day at 6:30", "Write the briefing.", "telegram", "42")
+    [briefing] = [j for j in second.list() if j["id"] == "briefing-0"]
+    assert briefing["schedule"] == "every day at 06:30 (Europe/Berlin)" and "T06:30:00" in briefing["next_run"]
+    second.keep_agent_jobs(set())  # the briefing agent was disabled
+    assert [j["id"] for j in second.list()] == [mine.id], "jobs made in chat are not agent schedules"
+    await second.shutdown()
