@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aibox.bench.machine import describe
 from models.catalog import Catalog, ModelCard
+from models.dspark.registry import dspark_for_card
 from models.files import is_present, model_path
 from models.spec.drafters.auto import AutoDrafter
 from models.spec.drafters.base import Drafter
@@ -29,6 +30,7 @@ from models.spec.target import LlamaTarget
 
 PROMPT_LOOKUP_LENGTHS = (4, 8)
 DRAFT_MODEL_LENGTHS = (2, 4)
+DSPARK_LENGTHS = (5,)
 
 
 @dataclass
@@ -49,7 +51,8 @@ def bench_spec(
     progress: Callable[[str], None] = lambda _m: None,
 ) -> dict:
     prompts_per_set, max_tokens = (3, 48) if quick else (8, 96)
-    target = LlamaTarget.load(model_path(card, models_dir), n_ctx=2048, threads=threads)
+    dspark = dspark_for_card(card, model_path(card, models_dir))  # needs the target's hidden states
+    target = LlamaTarget.load(model_path(card, models_dir), n_ctx=2048, threads=threads, hidden=dspark is not None)
     info = machine_info(threads)
     profile = load_profile(state_dir, card.name, info)
     if profile is None:
@@ -65,6 +68,9 @@ def bench_spec(
     if draft_model is not None:
         for k in DRAFT_MODEL_LENGTHS:
             engines[f"draft_model@{k}"] = lambda k=k: SpecEngine(target, draft_model, fixed_length=k)
+    if dspark is not None:
+        for k in DSPARK_LENGTHS:
+            engines[f"dspark@{k}"] = lambda k=k: SpecEngine(target, dspark, fixed_length=k)
     auto_drafters: list[Drafter] = [PromptLookupDrafter()] + ([draft_model] if draft_model else [])
     auto = AutoDrafter(scheduler, auto_drafters)
     engines["auto"] = lambda: SpecEngine(target, auto, scheduler)
@@ -82,7 +88,9 @@ def bench_spec(
             # the prompt is cached once; every run decodes only its last token, so the
             # figures compare generation, not prefill
             target.rollback(0)
-            target.decode(prompt[:-1], all_logits=False)
+            cached = target.decode(prompt[:-1], all_logits=dspark is not None)
+            if dspark is not None:
+                dspark.prime(prompt[:-1], cached.hidden)
             reference: list[int] | None = None
             for name, make in engines.items():
                 cell = cells.setdefault((name, set_name), _Cell())

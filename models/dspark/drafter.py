@@ -79,6 +79,16 @@ class DSparkDrafter(Drafter):
         self._tokens = self._tokens[:keep]
         self._prompt_len = len(prompt)
 
+    def prime(self, tokens: Sequence[int], hidden: np.ndarray) -> None:
+        """Features of a context the target decoded outside the engine (e.g. a cached prompt
+        prefix): `hidden` has one row per token of `tokens`, from position 0."""
+        if len(hidden) != len(tokens):
+            raise ValueError(f"{len(hidden)} feature rows for {len(tokens)} tokens")
+        self._reset()
+        self._prompt_len = len(tokens)
+        if len(tokens):
+            self._add_features(tokens, hidden)
+
     @torch.inference_mode()
     def _add_features(self, context: Sequence[int], hidden: np.ndarray) -> None:
         """The rows end with the last context token right after the prompt, else the one before it."""

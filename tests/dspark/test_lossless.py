@@ -78,3 +78,15 @@ def test_features_follow_the_context_across_requests(target, drafter) -> None:
     shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
     drafter.begin(second)
     assert int(drafter._pos.max()) < shared
+
+
+def test_primed_prompt_prefix_is_used_and_output_stays_plain(target, drafter) -> None:
+    """The benchmark's flow: the prompt prefix is decoded outside the engine, then handed over."""
+    prompt = chat_prompt(target, COPY_HEAVY[5])
+    want = plain_greedy(target, prompt, 24)
+    target.rollback(0)
+    cached = target.decode(prompt[:-1], all_logits=True)
+    drafter.prime(prompt[:-1], cached.hidden)
+    got = list(SpecEngine(target, drafter, fixed_length=5).generate(prompt, 24))
+    assert got == want
+    assert drafter._pos[: len(prompt)].tolist() == list(range(len(prompt)))  # every prompt position, anchor included
