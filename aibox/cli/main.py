@@ -9,6 +9,7 @@ from aibox.cli import bench, chat, models, run, status
 from aibox.cli import backup, doctor, logs, security, service
 from aibox.cli import pairing
 from aibox.cli import agents, route
+from aibox.cli import draft
 
 app = typer.Typer(
     name="aibox",
@@ -46,6 +47,7 @@ app.add_typer(service.app, name="service")
 app.add_typer(pairing.app, name="pairing")
 app.add_typer(agents.app, name="agents")
 app.add_typer(agents.jobs_app, name="jobs")
+app.add_typer(draft.app, name="draft")
 app.command("route")(route.route)
 
 
