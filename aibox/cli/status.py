@@ -25,6 +25,13 @@ def status(ctx: typer.Context, json: bool = JsonOption) -> None:
         for name, health in data["connectors"].items():
             table.add_row(name, health["state"], health["detail"])
         console.print(table)
+    if data.get("agents"):
+        agents = data["agents"]
+        names = ", ".join(a["name"] + ("" if a["enabled"] else " (off)") for a in agents["agents"])
+        inbox = ", ".join(f"{n} {state}" for state, n in sorted(agents["inbox"].items())) or "empty"
+        console.print(f"agents: {names}  jobs: {agents['jobs']}  inbox: {inbox}  recovered at start: {agents['recovered_at_start']}")
+        for path, problem in agents["problems"].items():
+            console.print(f"[red]agent file refused[/red] {path}: {problem}", highlight=False)
     for section, value in data.items():
-        if section not in ("version", "ready", "uptime_s", "api", "models", "default_model", "state_dir", "connectors"):
+        if section not in ("version", "ready", "uptime_s", "api", "models", "default_model", "state_dir", "connectors", "agents"):
             console.print(f"[bold]{section}[/bold]: {value}")

@@ -105,6 +105,9 @@ async def test_a_reminder_from_chat_is_delivered_and_jobs_survive_a_restart(tmp_
 
         await asyncio.to_thread(daemon.start)
         try:
+            status = await aibox("status", config=cfg)
+            assert status.returncode == 0 and "agents: assistant, briefing, coder" in status.stdout, status.stdout
+            assert "inbox: " in status.stdout and "answered" in status.stdout
             relisted = json.loads((await aibox("jobs", "list", "--json", config=cfg)).stdout)["jobs"]
             assert {j["id"]: j for j in relisted} == by_id, "the jobs and their next runs survive the restart"
             assert await chat.say(f"/cancel {job_id}") == f"Cancelled job {job_id}."
