@@ -17,7 +17,7 @@ from aibox.cli.client import admin_call
 from aibox.cli.common import EXIT_DATAERR, JsonOption, console, fail, get_config, print_json
 
 app = typer.Typer(help="List, inspect, add, remove, enable and disable agents.", no_args_is_help=True)
-jobs_app = typer.Typer(help="List and cancel scheduled jobs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List and cancel scheduled jobs, and show their runs.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -116,3 +116,19 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id fr
         print_json(data)
         return
     console.print(f"Cancelled job {data['cancelled']}.")
+
+
+@jobs_app.command()
+def runs(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id from `aibox jobs list`."), json: bool = JsonOption) -> None:
+    """Show a job's recent runs: when, status, runs it stood for, error."""
+    data = admin_call(get_config(ctx), "GET", f"/jobs/{job_id}/runs")
+    if json:
+        print_json(data)
+        return
+    if not data["runs"]:
+        console.print(f"Job {job_id} has not run yet.")
+        return
+    table = Table("started", "status", "missed", "detail")
+    for r in data["runs"]:
+        table.add_row(r["started_at"][:19].replace("T", " "), r["status"], str(r["missed"]), r["detail"])
+    console.print(table)

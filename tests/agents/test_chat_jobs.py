@@ -86,6 +86,13 @@ async def test_a_reminder_from_chat_is_delivered_and_jobs_survive_a_restart(tmp_
             assert re.match(r"Job j[0-9a-f]{6}: I'll remind you to check the oven, once at \d{4}-\d\d-\d\d \d\d:\d\d \(Europe/Berlin\)\. Next: ", confirmed), confirmed
             reminder = await chat.expect_unprompted(r"Reminder: check the oven", timeout=60)
             assert reminder == "⏰ Reminder: check the oven"
+            reminder_id = confirmed.split(":")[0].removeprefix("Job ")
+            for _ in range(20):  # the run is recorded just after the platform took the message
+                history = json.loads((await aibox("jobs", "runs", reminder_id, "--json", config=cfg)).stdout)["runs"]
+                if history and history[0]["status"] != "running":
+                    break
+                await asyncio.sleep(0.5)
+            assert [(r["status"], r["missed"]) for r in history] == [("ok", 0)]
 
             assert (await chat.say("/remember my sister's birthday is on 12 March")).startswith("Noted (")
             before = chat.unprompted()
