@@ -82,6 +82,27 @@ class Jobs:
     def start(self, paused: bool = False) -> None:
         _LIVE[self.service] = self
         self.scheduler.start(paused=paused)
+        self._recover()
+
+    def _recover(self) -> None:
+        """After a crash: runs cut short are marked so, and a job that fired but never
+        finished (APScheduler drops a one-off job as it fires) runs again now."""
+        now = utcnow()
+        with self.store.session() as s:
+            cut: set[str] = set()
+            for run in s.scalars(select(JobRun).where(JobRun.status == "running")):
+                run.status, run.detail, run.finished_at = "interrupted", "the box stopped during this run", now
+                cut.add(run.job_id)
+            for info in s.scalars(select(JobInfo).where(JobInfo.active.is_(True))):
+                if self.scheduler.get_job(info.id) is not None:
+                    continue
+                ran = s.scalars(select(JobRun.id).where(JobRun.job_id == info.id)).first() is not None
+                if info.id in cut or not ran:
+                    log.info("job %s was cut short by a stop; running it again", info.id)
+                    self.scheduler.add_job(run_job, "date", run_date=now, args=(self.service, info.id), id=info.id,
+                                           name=info.task[:100], replace_existing=True)
+                else:
+                    info.active = False
 
     async def shutdown(self) -> None:
         if self.scheduler.running:

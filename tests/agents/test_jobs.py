@@ -161,3 +161,31 @@ async def test_agent_file_schedules_are_kept_across_restarts_and_replaced_when_e
     second.keep_agent_jobs(set())  # the briefing agent was disabled
     assert [j["id"] for j in second.list()] == [mine.id], "jobs made in chat are not agent schedules"
     await second.shutdown()
+
+
+async def test_a_reminder_cut_short_by_a_crash_runs_after_the_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aibox.db'}"
+    first = jobs_on(url, Box())
+    first.start(paused=True)
+    created = await first.create_from_text("in 20 minutes tell me to check the oven", "telegram", "42", "42", "assistant")
+    # The reminder fired (APScheduler removed the one-off job from its table) and the box
+    # died before it was delivered: no run finished.
+    first.scheduler.remove_job(created.id)
+    await first.shutdown()
+    first.store.close()
+
+    box = Box()
+    second = jobs_on(url, box)
+    second.start()
+    await until(lambda: box.delivered)
+    assert box.delivered == [("telegram", "42", "⏰ Reminder: check the oven")]
+    await until(lambda: second.history(created.id)[0]["status"] == "ok")
+    assert second.list() == [], "a one-off job is done once it ran"
+    await second.shutdown()
+    second.store.close()
+
+    third = jobs_on(url, Box())
+    third.start()
+    await asyncio.sleep(0.5)
+    assert len(third.history(created.id)) == 1, "and it does not run again on the next start"
+    await third.shutdown()
