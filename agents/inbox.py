@@ -33,6 +33,7 @@ class Inbox:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._in_flight: set[str] = set()
+        self._held: set[str] = set()
 
     async def admit(self, msg: InboundMessage) -> bool:
         """Stores the message; False when it was answered already or is being answered."""
@@ -65,7 +66,23 @@ class Inbox:
             self._in_flight.discard(msg.key)
         return fresh
 
+    def hold(self, msg: InboundMessage) -> None:
+        """The reply is only an acknowledgement (a long answer runs in the background): the
+        message stays pending until `settle`, so a crash before the answer replays it."""
+        self._held.add(msg.key)
+
+    def unhold(self, msg: InboundMessage) -> None:
+        self._held.discard(msg.key)
+
+    async def settle(self, msg: InboundMessage) -> None:
+        """The background answer is out (or the user cancelled it): the message is answered."""
+        self._held.discard(msg.key)
+        await self.answered(msg)
+
     async def answered(self, msg: InboundMessage) -> None:
+        if msg.key in self._held:
+            return
+
         def write() -> None:
             with self.store.session() as s:
                 row = s.get(InboxMessage, msg.key)

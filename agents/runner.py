@@ -13,6 +13,7 @@ go back to the model before it answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -32,6 +33,7 @@ from models.pool import BusyError
 from models.runtime import SamplingParams
 
 if TYPE_CHECKING:
+    from agents.inbox import Inbox
     from agents.jobs import Jobs
     from agents.tables import JobInfo
     from aibox.daemon import Daemon
@@ -56,6 +58,7 @@ class AgentRunner:
         self.sessions = sessions
         self.timezone = timezone
         self.jobs: "Jobs | None" = None
+        self.inbox: "Inbox | None" = None
 
     def __call__(self, msg: InboundMessage) -> AsyncIterator[str]:
         return self.respond(msg)
@@ -74,7 +77,7 @@ class AgentRunner:
             else:
                 yield created.confirmation
                 return
-        async for piece in self.turn(spec, msg.platform, msg.chat_id, msg.sender_id, msg.text, source=msg.platform):
+        async for piece in self.turn(spec, msg.platform, msg.chat_id, msg.sender_id, msg.text, source=msg.platform, inbound=msg):
             yield piece
 
     async def agent_for(self, platform: str, chat_id: str) -> AgentSpec:
@@ -87,7 +90,8 @@ class AgentRunner:
     # -- one turn ------------------------------------------------------------------
 
     async def turn(
-        self, spec: AgentSpec, platform: str, chat_id: str, sender_id: str | None, text: str, source: str
+        self, spec: AgentSpec, platform: str, chat_id: str, sender_id: str | None, text: str, source: str,
+        inbound: InboundMessage | None = None,
     ) -> AsyncIterator[str]:
         await self._add_user_turn(spec.name, platform, chat_id, text)
         model, decision, note = self.pick_model(spec, text, f"{platform}:{sender_id}" if sender_id else None)
@@ -104,7 +108,7 @@ class AgentRunner:
         if spec.tools:
             extra += "\n" + tools.describe(spec.tools)
         messages = await self.sessions.build_context(spec, platform, chat_id, extra, count, window, self._summariser(spec))
-        ack = await self._start_long_job(decision, spec, messages, platform, chat_id, sender_id, source)
+        ack = await self._start_long_job(decision, spec, messages, platform, chat_id, sender_id, source, inbound)
         if ack is not None:
             yield ack
             return
@@ -141,7 +145,7 @@ class AgentRunner:
 
     async def _start_long_job(
         self, decision: Any, spec: AgentSpec, messages: list[Message], platform: str, chat_id: str,
-        sender_id: str | None, source: str,
+        sender_id: str | None, source: str, inbound: InboundMessage | None = None,
     ) -> str | None:
         """A long answer to a chat message runs in the background (aibox/router/jobs.py): the
         reply is a short acknowledgement, a status message is edited as it grows, the answer
@@ -160,14 +164,39 @@ class AgentRunner:
         stream = router.serve(decision, messages, params, on_finished=lambda m, stats: self.daemon.record(
             m, stats, source=source, sender=sender_id, agent=spec.name))
 
+        tracked = inbound is not None and self.inbox is not None
+        if tracked:
+            self.inbox.hold(inbound)
+            stream = self._settle_when_stopped(stream, inbound)
+
         async def keep(answer: str) -> None:
             await self.sessions.add_turn(platform, chat_id, spec.name, "assistant", answer)
+            if tracked:
+                await self.inbox.settle(inbound)
 
         delivery = connector_delivery(connectors.connectors[platform], chat_id,
                                       answer=lambda text: connectors.gateway.deliver(platform, chat_id, text))
         expected = next((c.expected_s for c in decision.candidates if c.model == decision.model), 0.0)
-        await router.jobs.start(f"{platform}:{chat_id}", decision.model, stream, delivery, expected, on_done=keep)
+        try:
+            await router.jobs.start(f"{platform}:{chat_id}", decision.model, stream, delivery, expected, on_done=keep)
+        except BaseException:
+            if tracked:
+                self.inbox.unhold(inbound)
+            raise
         return "On it: that is a long answer, so I'm writing it in the background and will post it here."
+
+    async def _settle_when_stopped(self, stream: AsyncIterator[str], inbound: InboundMessage) -> AsyncIterator[str]:
+        """A background answer that fails or that the user cancels still answered the
+        message (the chat was told); one cut by the daemon stopping stays pending and is
+        written again after the restart."""
+        try:
+            async for piece in stream:
+                yield piece
+        except BaseException as e:
+            if self.daemon.ready or not isinstance(e, asyncio.CancelledError):
+                assert self.inbox is not None
+                await self.inbox.settle(inbound)
+            raise
 
     async def _measure(self, model: str) -> tuple[int, TokenCounter]:
         """The model's context window and a token counter for it; for a remote model, its

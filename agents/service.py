@@ -45,6 +45,7 @@ class Agents:
         self.runner = AgentRunner(daemon, self.registry, self.sessions, self.timezone)
         self.jobs = Jobs(store, self.deliver, self.runner.ask, self.alert_owner, self.timezone)
         self.runner.jobs = self.jobs
+        self.runner.inbox = self.inbox
         self.recovered = 0
 
     @property

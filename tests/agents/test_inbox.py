@@ -98,3 +98,15 @@ async def test_messages_the_box_starts_itself_are_not_journaled(tmp_path: Path) 
     a = await journal.send("42", "⏰ Reminder: stretch")
     b = await journal.send("42", "⏰ Reminder: stretch")
     assert a != b and connector.sends == 2
+
+
+async def test_an_acknowledged_long_answer_stays_pending_until_it_is_out(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aibox.db'}"
+    inbox = Inbox(Store.open(url))
+    assert await inbox.admit(MSG)
+    inbox.hold(MSG)  # the runner started a background answer and replied "On it"
+    await inbox.answered(MSG)  # the gateway delivered the acknowledgement
+    assert [m.key for m in Inbox(Store.open(url)).pending()] == [MSG.key], "a crash now must replay the message"
+    assert not await inbox.admit(MSG), "still being answered in this process"
+    await inbox.settle(MSG)  # the long answer was posted
+    assert inbox.pending() == [] and not await inbox.admit(MSG)
