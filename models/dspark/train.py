@@ -244,9 +244,9 @@ def train(
         row = {
             "step": step,
             "loss": round(float(r["loss"].detach()), 5),
-            "ce": round(float(r["ce"]), 5),
-            "tv": round(float(r["tv"]), 5),
-            "bce": round(float(r["bce"]), 5),
+            "ce": round(float(r["ce"].detach()), 5),
+            "tv": round(float(r["tv"].detach()), 5),
+            "bce": round(float(r["bce"].detach()), 5),
             "accept": [round(a, 4) for a in r["accept"].tolist()],
             "grad_norm": round(float(grad_norm), 4),
             "lr": sched.get_last_lr()[0],
