@@ -115,3 +115,18 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     p_before = 1 / (1 + np.exp(-overconfident[:, 0]))
     p_after = 1 / (1 + np.exp(-overconfident[:, 0] / temps[0]))
     assert ece(p_after, hit[:, 0]) < 0.03 < ece(p_before, hit[:, 0])
+
+
+def test_help_for_every_draft_command(tmp_path) -> None:
+    for args in (["draft"], ["draft", "prepare"], ["draft", "train"], ["draft", "calibrate"], ["draft", "eval"]):
+        r = aibox(*args, "--help", config=tmp_path / "none.toml")
+        assert r.returncode == 0, (args, r.stderr)
+        assert "Usage" in r.stdout
+
+
+def test_unknown_model_and_missing_data_are_clear_errors(workdir) -> None:
+    r = aibox("draft", "prepare", "--model", "gpt-17", config=workdir / "aibox.toml")
+    assert r.returncode == 66 and "unknown model 'gpt-17'" in r.stderr
+    r = aibox("draft", "train", "--model", "smollm2-135m-instruct", "--data", str(workdir / "nothing"),
+              config=workdir / "aibox.toml")
+    assert r.returncode == 65 and "no prepared data" in r.stderr
