@@ -165,6 +165,7 @@ def plot(result: dict, path: Path) -> None:
         acc = r["acceptance_by_position"]
         ax2.plot(range(1, len(acc) + 1), acc, marker="o", label=r["drafter"])
     ax2.set_ylim(0, 1)
+    ax2.set_xticks(range(1, result["gamma"] + 1))
     ax2.set_xlabel("draft position")
     ax2.set_title("acceptance by position")
     ax2.legend()
