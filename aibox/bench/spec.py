@@ -23,7 +23,7 @@ from models.spec.drafters.draft_model import DraftModelDrafter
 from models.spec.drafters.prompt_lookup import PromptLookupDrafter
 from models.spec.engine import SpecEngine
 from models.spec.metrics import SpecStats
-from models.spec.profile import SpsProfile, load_profile, machine_info, measure, save_profile
+from models.spec.profile import load_profile, machine_info, measure, save_profile
 from models.spec.prompts import PROMPT_SETS, chat_prompt
 from models.spec.scheduler import Scheduler
 from models.spec.target import LlamaTarget
