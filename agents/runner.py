@@ -29,7 +29,7 @@ from connectors.base import InboundMessage
 from connectors.policy import command_name
 from models.chat_template import Message
 from models.catalog import CatalogError
-from models.pool import BusyError
+from models.pool import BusyError, ModelUnavailableError
 from models.runtime import SamplingParams
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class AgentRunner:
         if note:
             yield note + "\n\n"
         try:
-            window, count = await self._measure(model)
+            window, count = await self._measure([model, *(decision.fallbacks if decision is not None else [])])
         except BusyError as e:
             yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
             return
@@ -198,14 +198,22 @@ class AgentRunner:
                 await self.inbox.settle(inbound)
             raise
 
-    async def _measure(self, model: str) -> tuple[int, TokenCounter]:
-        """The model's context window and a token counter for it; for a remote model, its
-        card's window and an estimate of four characters per token."""
-        card = self.daemon.catalog.get(model)
-        if not card.is_local:
-            return card.context_length, lambda t: len(t) // 4 + 1
-        worker = await self.daemon.pool.worker(model)
-        return worker.model.n_ctx, lambda t: len(worker.model.tokenize(t, special=False))
+    async def _measure(self, order: list[str]) -> tuple[int, TokenCounter]:
+        """The context window and a token counter of the first model in `order` that loads,
+        so a chosen model that cannot load leaves the turn to the router's fallback chain;
+        for a remote model, its card's window and an estimate of four characters per token."""
+        for i, model in enumerate(order):
+            card = self.daemon.catalog.get(model)
+            if not card.is_local:
+                return card.context_length, lambda t: len(t) // 4 + 1
+            try:
+                worker = await self.daemon.pool.worker(model)
+            except ModelUnavailableError:
+                if i == len(order) - 1:
+                    raise
+                continue
+            return worker.model.n_ctx, lambda t, w=worker: len(w.model.tokenize(t, special=False))
+        raise ValueError("no model to measure the context with")
 
     async def _generate(
         self, model: str, decision: Any, messages: list[Message], params: SamplingParams, sender: str | None,

@@ -1,5 +1,8 @@
 """The OpenAI-compatible HTTP API: chat completions (streaming and not), models, health,
-readiness and Prometheus metrics. Any OpenAI client library works against it."""
+readiness and Prometheus metrics. Any OpenAI client library works against it.
+
+`"model": "auto"` asks the router (aibox/router) to pick the model for the request and
+serve it with its fallback chain; the response's `model` names the one that answered."""
 
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ from aibox.api.errors import ApiError
 from aibox.metrics import CONTENT_TYPE
 from models.catalog import CatalogError
 from models.chat_template import TemplateRenderError
+from aibox.router.fallback import AllModelsFailed, FallbackStream
 from models.pool import BusyError, ModelUnavailableError, Stream
-from models.runtime import ContextLengthError, SamplingParams
+from models.runtime import ContextLengthError, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     from aibox.daemon import Daemon
+
+AUTO = "auto"
 
 
 class TextPart(BaseModel):
@@ -106,6 +112,46 @@ async def _not_allowed(request: Request, _exc: Exception) -> Response:
     return ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed").response()
 
 
+class _Started:
+    """A routed answer whose first piece is already in hand, so that every candidate
+    failing becomes an HTTP error before the status line is sent, like a failing model is."""
+
+    def __init__(self, stream: FallbackStream, pieces: AsyncIterator[str], first: str | None) -> None:
+        self._stream = stream
+        self._pieces = pieces
+        self._first = first
+
+    @classmethod
+    async def start(cls, stream: FallbackStream) -> "_Started":
+        pieces = aiter(stream)
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            first = None
+        return cls(stream, pieces, first)
+
+    @property
+    def model(self) -> str:
+        assert self._stream.model is not None
+        return self._stream.model
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self._stream.stats
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        if self._first is not None:
+            yield self._first
+        async for piece in self._pieces:
+            yield piece
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self])
+
+
 class _Api:
     def __init__(self, daemon: "Daemon") -> None:
         self.daemon = daemon
@@ -181,7 +227,19 @@ class _Api:
             }
         )
 
-    async def _open(self, model: str, messages: list[dict], params: SamplingParams) -> Stream:
+    async def _open(self, model: str, messages: list[dict], params: SamplingParams) -> Stream | _Started:
+        router = self.daemon.router
+        if model == AUTO and router is not None:
+            asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            try:
+                decision = router.decide(asked)
+                return await _Started.start(router.serve(decision, messages, params))
+            except LookupError as e:
+                raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
+            except AllModelsFailed as e:
+                raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
+        if model == AUTO:
+            model = self.config.default_model
         try:
             return await self.daemon.pool.stream(model, messages, params)
         except CatalogError as e:
@@ -197,7 +255,7 @@ class _Api:
         except ModelUnavailableError as e:
             raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
 
-    async def _sse(self, stream: Stream, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _sse(self, stream: Stream | _Started, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
         def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
             body: dict[str, Any] = {
                 "id": completion_id,
