@@ -2,7 +2,7 @@
 
 Two sources, blended: linear models over the text features, fitted on the shipped
 labelled prompt set (weights in data/estimator.json, refitted with `python -m
-aibox.router.estimator`): two L2-regularised logistic regressions decide the length
+aibox.router.fit`): two L2-regularised logistic regressions decide the length
 class (is the answer at least 60 tokens? over 200?), and a ridge regression on
 log(tokens) gives the token count within that class; and the real answer lengths this box has produced
 for the same sender and agent (the `generations` table), which pull the prediction
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,6 @@ LONG_MIN = 200  # over 200 tokens: long
 # answers from a sender and agent, the two weigh the same.
 HISTORY_PRIOR = 8
 HISTORY_WINDOW = 50
-L2_CHOICES = (0.1, 0.3, 1.0, 3.0)
 
 
 def length_class(tokens: float) -> str:
@@ -73,9 +71,9 @@ class LengthModel:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no estimator weights at {path}; run `python -m aibox.router.estimator`") from None
+            raise FileNotFoundError(f"no estimator weights at {path}; run `python -m aibox.router.fit`") from None
         if data.get("features") != VECTOR_NAMES:
-            raise ValueError(f"{path} was fitted on other features; refit with `python -m aibox.router.estimator`")
+            raise ValueError(f"{path} was fitted on other features; refit with `python -m aibox.router.fit`")
         return cls(data["weights"], data["cap"], data.get("over_short"), data.get("over_long"))
 
     def log_tokens(self, features: Features) -> float:
@@ -189,41 +187,3 @@ def evaluate(model: LengthModel, rows: list[dict]) -> dict:
         confusion[truth][guess] += 1
         correct += truth == guess
     return {"n": len(rows), "accuracy": correct / len(rows) if rows else 0.0, "confusion": confusion}
-
-
-def cross_validated_accuracy(rows: list[dict], cap: int, l2: float, folds: int = 5) -> float:
-    correct = 0
-    for k in range(folds):
-        train = [r for i, r in enumerate(rows) if i % folds != k]
-        held = [r for i, r in enumerate(rows) if i % folds == k]
-        correct += evaluate(fit_model(train, cap, l2), held)["accuracy"] * len(held)
-    return correct / len(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Fits the weights on the train split (regularisation chosen by cross-validation
-    within it) and prints train and test accuracy."""
-    rows = load_prompts()
-    train = [r for r in rows if r["split"] == "train"]
-    test = [r for r in rows if r["split"] == "test"]
-    if len(train) < 20:
-        print(f"only {len(train)} labelled training prompts in {PROMPTS}; label more first", file=sys.stderr)
-        return 1
-    cap = max(r["max_tokens"] for r in rows)
-    l2 = max(L2_CHOICES, key=lambda c: cross_validated_accuracy(train, cap, c))
-    model = fit_model(train, cap, l2)
-    result = {"train": evaluate(model, train), "test": evaluate(model, test)}
-    WEIGHTS.write_text(
-        json.dumps({"features": VECTOR_NAMES, "weights": [round(w, 6) for w in model.weights],
-                    "over_short": [round(w, 6) for w in model.over_short],
-                    "over_long": [round(w, 6) for w in model.over_long],
-                    "cap": cap, "l2": l2, "trained_on": len(train), "label_model": rows[0]["model"]}, indent=1) + "\n",
-        encoding="utf-8",
-    )
-    print(json.dumps({"l2": l2} | {k: {"n": v["n"], "accuracy": round(v["accuracy"], 3)} for k, v in result.items()}))
-    print(json.dumps(result["test"]["confusion"]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -25,7 +25,7 @@ BRIEF = [
     r"\bin einem (wort|satz)\b", r"\bkurz\b", r"\bnur mit\b", r"\bja oder nein\b", r"\bzwei sätze\b",
     r"\ben un mot\b", r"\ben une phrase\b", r"\bcourt(e)?\b", r"\boui ou non\b", r"\bbrièvement\b",
     r"\ben una frase\b", r"\bbreve(mente)?\b", r"\bcorto\b", r"\bsolo sí o no\b", r"\bsí o no\b",
-    r"\bin una frase\b", r"\bem uma frase\b", r"一句话", r"一个词", r"简短", r"简要", r"一言で", r"кратко",
+    r"\bin una frase\b", r"\bem uma frase\b", r"一句", r"一个词", r"简短", r"简要", r"一言で", r"кратко",
 ]
 DETAIL = [
     r"\bin detail\b", r"\bdetailed\b", r"\bthorough(ly)?\b", r"\bin depth\b", r"\bstep by step\b", r"\bcomplete\b",
@@ -75,6 +75,7 @@ QUESTION_WORDS = [
 OPEN_QUESTION = [
     r"^\s*(how (do|does|can|should|to|would)|why|what (should|are|makes|happens)|what's a good|explain|describe|tell me about)\b",
     r"\b(pros and cons|advantages|differences?|benefits|tips|ideas|recommend|example|examples)\b",
+    r"\b(unterschied|vorteile|différence|diferencia|differenza|diferença|разница)\b", r"区别|不同|違い",
     r"^\s*(wie (kann|koche|mache|funktioniert)|warum|was sind)\b", r"^\s*(comment|pourquoi)\b",
     r"^\s*(¿\s*)?(cómo|por qué|cuáles son)\b", r"^\s*(come|perché)\b", r"^\s*(como|por que)\b",
     r"如何|为什么|怎么|例子|建议", r"なぜ|どうやって", r"^\s*(как|почему)\b",
@@ -84,7 +85,29 @@ FACTUAL = [
     r"^\s*(wer|wann|wo|wie viele|welche)\b", r"^\s*(qui|quand|où|combien|quelle est la capitale)\b",
     r"^\s*(¿\s*)?(quién|cuándo|dónde|cuántos|cuál es (el|la) (capital|río))\b", r"^\s*qual è\b", r"^\s*qual é\b",
     r"哪里|多少|几|是谁|首都", r"どこ|いくつ", r"^\s*(какая|какой|сколько|где|когда)\b",
-    r"\b(just|only) the\b", r"\bin one word\b", r"\byes or no\b",
+    r"\b(just|only) the\b", r"\bin one word\b", r"\byes or no\b", r"\b(capital|hauptstadt|capitale)\b",
+]
+# Arithmetic and maths: an instruct model shows its working.
+MATHS = [
+    r"\d\s*(times|plus|minus|divided by|multiplied by|mal|fois|por|per|[*×x+/^])\s*\d", r"\b(calculate|solve|equation|integral|derivative|"
+    r"prove|probability|berechne|löse|calcule|résous|calcula|resuelve|calcola)\b", r"计算|方程|等于多少",
+]
+# "What is X?": a definition, which an instruct model answers at medium length or more.
+DEFINITION = [
+    r"^\s*(what is|what are|what's|what does \S+ mean)\s+(?!the (capital|chemical|speed|boiling|output|name))",
+    r"^\s*¿?\s*(was ist|was sind|qu'est-ce qu|qué es|que es|cos'è|che cos'è|o que é|что такое)\b(?!\s+(die|la|le|el|a) (hauptstadt|capitale?))",
+    r"什么是|とは",
+]
+# Someone telling the box how they feel gets a caring paragraph, not a word.
+FEELING = [
+    r"\b(nervous|anxious|stressed|worried|sad|lonely|overwhelmed|depressed|scared|can't sleep|heartbroken)\b",
+    r"\b(nervös|gestresst|traurig|einsam|stressé|triste|inquiet|estresad[oa]|nervios[oa]|preoccupat[oa])\b",
+    r"焦虑|紧张|难过|不安",
+]
+# Forms that are short by nature, whatever the verb asking for them.
+SHORT_FORM = [
+    r"\b(slogan|tagline|motto|headline|title|nickname|hashtag|haiku|one-liner|name for|names for|acronym|tweet|caption|subject line)s?\b",
+    r"\b(titel|titre|título|titolo|eslogan)\b", r"标语|标题|口号|俳句",
 ]
 LIST = [r"\blist\b", r"\bbullet", r"\bname (the|three|five)\b", r"\b(three|five|ten|3|5|10) (tips|ideas|things|fruits|benefits)\b",
         r"\bnenne\b", r"\benumera\b", r"\bstichpunkt", r"要点", r"\bsteps?\b"]
@@ -93,9 +116,15 @@ GREETING = re.compile(
     r"salut|bonjour|merci|bonne|hola|gracias|buenos|hasta|ciao|grazie|olá|obrigad|boa|你好|谢谢|早上好|晚安)\b",
     re.I,
 )
-# "500 words", "about 100 words", "300 palabras", "400 Wörter", "500字", "10 lines".
+# "a 500-word story", "in about 100 words", "en 300 palabras", "um 400 Wörter", "500字",
+# "10 lines": a count of words or lines asked for, not one referred to ("the 10 most
+# frequent words"), so a number must be used as an adjective or follow a preposition.
+UNITS = r"(words?|wörter\w*|mots|palabras|parole|palavras|слов\w*|lines?|zeilen)"
 WORD_COUNT = re.compile(
-    r"(\d{2,5})\s*[- ]?\s*(words?|wörter\w*|mots|palabras|parole|palavras|слов\w*|字|lines?|zeilen)", re.I
+    r"(?:\b(?:in|about|around|of|under|within|at most|max(?:imum)?|approximately|roughly|exactly|up to|no more than"
+    r"|en|de|unos|environ|um|etwa|ca\.?|circa|di|cerca de|em|около|не более)\s+|~\s*)(\d{1,5})\s*" + UNITS
+    + r"|\b(\d{2,5})-" + UNITS + r"|(\d{2,5})\s*(字)",
+    re.I,
 )
 SENTENCE_COUNT = re.compile(r"\b(one|two|three|a|1|2|3)[- ](sentence|sentences|line|lines|paragraph)\b", re.I)
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
@@ -129,6 +158,10 @@ class Features:
     list_request: bool
     open_question: bool
     factual: bool
+    maths: bool
+    definition: bool
+    feeling: bool
+    short_form: bool
     greeting: bool
     requested_tokens: int | None  # from an explicit word or line count
     cjk: bool
@@ -158,6 +191,10 @@ class Features:
             float(self.list_request),
             float(self.open_question),
             float(self.factual),
+            float(self.maths),
+            float(self.definition),
+            float(self.feeling),
+            float(self.short_form),
             float(self.greeting),
             float(self.cjk),
             float(self.chars < 25),
@@ -168,7 +205,8 @@ class Features:
 
 VECTOR_NAMES = [
     "bias", "log_chars", "log_attached", "log_words", "multiline", "brief", "detail", "code", "code_write", "write",
-    "summarise", "translate", "translate_x_attached", "summarise_x_attached", "question", "list", "open_question", "factual", "greeting", "cjk",
+    "summarise", "translate", "translate_x_attached", "summarise_x_attached", "question", "list", "open_question", "factual",
+    "maths", "definition", "feeling", "short_form", "greeting", "cjk",
     "tiny", "log_requested", "has_requested",
 ]
 
@@ -187,8 +225,7 @@ def split_attachment(text: str) -> tuple[str, str]:
 def requested_tokens(instruction: str) -> int | None:
     m = WORD_COUNT.search(instruction)
     if m:
-        n = int(m.group(1))
-        unit = m.group(2).lower()
+        n, unit = next((int(m.group(i)), m.group(i + 1).lower()) for i in (1, 3, 5) if m.group(i))
         if unit.startswith(("line", "zeile")):
             return int(n * 12)
         if unit == "字":
@@ -206,10 +243,12 @@ def extract(text: str, agent: str | None = None, attachment_chars: int = 0) -> F
     """Features of a request; `attachment_chars` counts text attached outside the message
     (a file, a forwarded message) on top of any pasted into it."""
     instruction, pasted = split_attachment(text)
+    # A CJK character carries about as much as a word, or three Latin letters.
+    cjk_chars = len(CJK.findall(instruction))
     hint = "fast" if FAST_HINT.match(text) else "long" if LONG_HINT.match(text) else None
     return Features(
-        chars=len(instruction),
-        words=len(instruction.split()),
+        chars=len(instruction) + 2 * cjk_chars,
+        words=len(instruction.split()) + cjk_chars,
         lines=instruction.count("\n") + 1,
         attached_chars=len(pasted) + max(0, attachment_chars),
         hint=hint,
@@ -224,6 +263,10 @@ def extract(text: str, agent: str | None = None, attachment_chars: int = 0) -> F
         list_request=_any(LIST, instruction),
         open_question=_any(OPEN_QUESTION, instruction),
         factual=_any(FACTUAL, instruction),
+        maths=_any(MATHS, instruction),
+        definition=_any(DEFINITION, instruction),
+        feeling=_any(FEELING, instruction),
+        short_form=_any(SHORT_FORM, instruction),
         greeting=bool(GREETING.match(instruction)) and len(instruction) < 40,
         requested_tokens=requested_tokens(instruction),
         cjk=bool(CJK.search(instruction)),

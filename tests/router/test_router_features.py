@@ -38,6 +38,9 @@ def test_requested_lengths():
     assert extract("写一篇500字左右的文章").requested_tokens == 500
     assert extract("Summarise in two sentences").requested_tokens == 50
     assert extract("What is a closure?").requested_tokens is None
+    # a count the text refers to is not a length asked for
+    assert extract("Write a program that prints the 10 most frequent words").requested_tokens is None
+    assert extract("Muestra las 10 palabras más frecuentes").requested_tokens is None
 
 
 def test_attached_text_is_split_from_the_instruction():
@@ -59,6 +62,19 @@ def test_task_kinds():
     assert extract("Write a haiku about autumn").write
     assert extract("hi").greeting
     assert extract("Why is the sky blue?").question
+    assert extract("¿Qué es la fotosíntesis?").definition and extract("What are black holes?").definition
+    assert not extract("What is the capital of France?").definition and extract("Was ist die Hauptstadt von Kanada?").factual
+    assert extract("What is 17 times 23?").maths and not extract("Write 3-4 sentences").maths
+    assert extract("I'm so nervous about my exam tomorrow").feeling
+    assert extract("Propose un titre pour mon blog").short_form and extract("Write a tweet about our launch").short_form
+
+
+def test_cjk_text_counts_by_characters_not_spaces():
+    """A Chinese request has no spaces: its size must come from its characters, or every
+    one of them looks like a one-word message."""
+    zh = extract("请详细解释什么是区块链以及它的工作原理。")
+    assert zh.words > 10 and zh.chars > 40
+    assert extract("hi").words == 1
 
 
 def test_length_classes_use_the_issue_thresholds():
