@@ -229,18 +229,18 @@ class _Api:
 
     async def _open(self, model: str, messages: list[dict], params: SamplingParams) -> Stream | _Started:
         router = self.daemon.router
-        if model == AUTO and router is not None:
+        decision = None
+        if model == AUTO and router is None:
+            model = self.config.default_model
+        elif model == AUTO and router is not None:
             asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             try:
                 decision = router.decide(asked)
-                return await _Started.start(router.serve(decision, messages, params))
-            except LookupError as e:
+            except LookupError as e:  # no model on the box at all
                 raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
-            except AllModelsFailed as e:
-                raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
-        if model == AUTO:
-            model = self.config.default_model
         try:
+            if decision is not None and router is not None:
+                return await _Started.start(router.serve(decision, messages, params))
             return await self.daemon.pool.stream(model, messages, params)
         except CatalogError as e:
             raise ApiError(404, str(e), code="model_not_found", param="model") from None
@@ -252,7 +252,7 @@ class _Api:
             raise ApiError(
                 503, str(e), type="server_busy", code="model_busy", headers={"Retry-After": str(int(e.retry_after + 0.999))}
             ) from None
-        except ModelUnavailableError as e:
+        except (ModelUnavailableError, AllModelsFailed) as e:
             raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
 
     async def _sse(self, stream: Stream | _Started, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:

@@ -6,9 +6,9 @@ of the shipped labelled prompts. The workload is drawn from the same split, mixe
 length classes, with Poisson arrivals (a fixed seed, so every policy sees the same
 requests at the same moments), replayed through a real `aibox run` with the real models
 over its HTTP API. Policies: always the fast model, always the long model, and the
-router (its decision asked of the same daemon over the admin API, so live queues count
-and the decision's own cost is inside the measured time). The daemon stays up across the
-policies and both models are loaded before timing starts.
+router (`"model": "auto"`, so the daemon decides with its live queues and the decision's
+own cost is inside the measured time). The daemon stays up across the policies and both
+models are loaded before timing starts.
 """
 
 from __future__ import annotations
@@ -65,18 +65,10 @@ def pick_workload(rows: list[dict], n: int, mean_gap_s: float, seed: int) -> lis
     return out
 
 
-async def one_request(
-    api: httpx.AsyncClient, admin: httpx.AsyncClient | None, policy: str, row: dict, start: float, max_tokens: int
-) -> dict:
+async def one_request(api: httpx.AsyncClient, policy: str, row: dict, start: float, max_tokens: int) -> dict:
     await asyncio.sleep(max(0.0, start + row["arrival_s"] - time.perf_counter()))
     arrived = time.perf_counter()
-    if policy == "router":
-        assert admin is not None
-        r = await admin.post("/router/decide", json={"text": row["text"]})
-        r.raise_for_status()
-        model = r.json()["model"]
-    else:
-        model = policy
+    model = "auto" if policy == "router" else policy
     body = {"model": model, "messages": [{"role": "user", "content": row["text"]}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True}
     first = None
@@ -86,7 +78,9 @@ async def one_request(
         async for line in resp.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            for choice in json.loads(line[6:]).get("choices", []):
+            chunk = json.loads(line[6:])
+            model = chunk.get("model", model)
+            for choice in chunk.get("choices", []):
                 if choice.get("delta", {}).get("content"):
                     first = first or time.perf_counter()
                     pieces += 1
@@ -96,11 +90,9 @@ async def one_request(
 
 
 async def replay(proc: DaemonProcess, policy: str, workload: list[dict], max_tokens: int) -> list[dict]:
-    transport = httpx.AsyncHTTPTransport(uds=str(proc.admin_socket))
-    async with httpx.AsyncClient(base_url=proc.api, timeout=None) as api, \
-            httpx.AsyncClient(transport=transport, base_url="http://aibox", timeout=60) as admin:
+    async with httpx.AsyncClient(base_url=proc.api, timeout=None) as api:
         start = time.perf_counter()
-        return list(await asyncio.gather(*(one_request(api, admin, policy, r, start, max_tokens) for r in workload)))
+        return list(await asyncio.gather(*(one_request(api, policy, r, start, max_tokens) for r in workload)))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -123,7 +115,7 @@ def bench_router(
     test = [r for r in rows if r["split"] == "test"]
     model = LengthModel.load()
     accuracy = evaluate(model, test)
-    n = 6 if quick else 12
+    n = 8 if quick else 24
     workload = pick_workload(test, n, mean_gap_s, seed)
     estimator = Estimator(model)
     predicted = {r["id"]: estimator.estimate(extract(r["text"])).length_class for r in workload}

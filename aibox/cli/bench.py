@@ -152,7 +152,7 @@ def spec(
 @app.command("router")
 def router(
     ctx: typer.Context,
-    quick: bool = typer.Option(False, "--quick", help="A smaller workload (6 requests instead of 12)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller workload (8 requests instead of 24)."),
     threads: int = typer.Option(None, "--threads", help="Threads per model (default: the config's)."),
     max_tokens: int = typer.Option(200, help="Tokens per answer at most, for every policy."),
     mean_gap_s: float = typer.Option(6.0, help="Mean seconds between arrivals (Poisson)."),
