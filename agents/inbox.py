@@ -11,14 +11,19 @@ connector the reply streamer writes to and records the id of the first message o
 reply. When a message is answered again, the new answer replaces the text of that
 earlier message instead of appearing as a second reply. The only gap left is a kill
 between the platform accepting a message and the journal write (a few milliseconds).
+
+Answered messages are kept for `agents.inbox_retention_days` (platforms redeliver within
+hours, so that is enough to recognise a duplicate) and then deleted with their text;
+unanswered ones are never deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from agents.tables import InboxMessage
 from aibox.store import Store
@@ -107,6 +112,13 @@ class Inbox:
                                mentions_bot=r.mentions_bot, received_at=r.received_at)
                 for r in rows
             ]
+
+    def prune(self, keep: timedelta) -> int:
+        """Deletes answered messages answered longer ago than `keep`; returns how many."""
+        cutoff = utcnow() - keep
+        with self.store.session() as s:
+            result = s.execute(delete(InboxMessage).where(InboxMessage.status == "answered", InboxMessage.answered_at < cutoff))
+            return result.rowcount or 0
 
     def counts(self) -> dict[str, int]:
         with self.store.session() as s:

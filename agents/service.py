@@ -9,8 +9,10 @@ must be running to deliver their answers).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tomllib
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -47,12 +49,14 @@ class Agents:
         self.runner.jobs = self.jobs
         self.runner.inbox = self.inbox
         self.recovered = 0
+        self._pruner: asyncio.Task[None] | None = None
 
     @property
     def connectors(self) -> ConnectorManager | None:
         return self.daemon.connectors
 
     async def start(self) -> None:
+        self._pruner = asyncio.create_task(self._prune_daily(), name="inbox-prune")
         self.jobs.start()
         self.sync_agent_schedules()
         pending = self.inbox.pending()
@@ -65,7 +69,21 @@ class Agents:
                      extra={"count": self.recovered, "waiting": len(pending) - self.recovered})
 
     async def stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
         await self.jobs.shutdown()
+
+    async def _prune_daily(self) -> None:
+        keep = timedelta(days=self.daemon.config.agents.inbox_retention_days)
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.inbox.prune, keep)
+            except Exception:  # the store may be briefly unavailable; try again tomorrow
+                log.exception("pruning the inbox failed")
+            else:
+                if removed:
+                    log.info("pruned answered messages from the inbox", extra={"count": removed, "older_than_days": keep.days})
+            await asyncio.sleep(24 * 3600)
 
     # -- delivery for jobs --------------------------------------------------------------
 

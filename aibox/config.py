@@ -74,6 +74,7 @@ class ServiceConfig(_Section):
 class AgentsConfig(_Section):
     timezone: str = Field("UTC", description="time zone of schedules unless the user names one, e.g. Europe/Berlin")
     default_agent: str | None = Field(None, description="the agent chats talk to until they /use another; else the one marked default")
+    inbox_retention_days: int = Field(30, ge=1, description="days an answered message (and its text) stays in the inbox; unanswered ones stay until answered")
 
     @field_validator("timezone")
     @classmethod

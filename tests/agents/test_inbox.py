@@ -8,9 +8,11 @@ are covered by the connector tests and test_crash_recovery.py."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from agents.inbox import Inbox
+from agents.tables import InboxMessage
 from aibox.store import Store
 from connectors.base import Connector, Health, InboundMessage, MessageSink
 from connectors.errors import ConnectorError
@@ -110,3 +112,26 @@ async def test_an_acknowledged_long_answer_stays_pending_until_it_is_out(tmp_pat
     assert not await inbox.admit(MSG), "still being answered in this process"
     await inbox.settle(MSG)  # the long answer was posted
     assert inbox.pending() == [] and not await inbox.admit(MSG)
+
+
+async def test_answered_messages_are_pruned_after_the_retention_unanswered_ones_never(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'box.db'}")
+    inbox = Inbox(store)
+    old_answered = InboundMessage("telegram", "42", "42", "1", "old question")
+    new_answered = InboundMessage("telegram", "42", "42", "2", "new question")
+    old_pending = InboundMessage("telegram", "42", "42", "3", "never answered")
+    for msg in (old_answered, new_answered, old_pending):
+        assert await inbox.admit(msg)
+    await inbox.answered(old_answered)
+    await inbox.answered(new_answered)
+    with store.session() as s:  # age two of them by 40 days
+        for key in (old_answered.key, old_pending.key):
+            row = s.get(InboxMessage, key)
+            row.received_at -= timedelta(days=40)
+            if row.answered_at is not None:
+                row.answered_at -= timedelta(days=40)
+    assert inbox.prune(timedelta(days=30)) == 1
+    assert inbox.counts() == {"answered": 1, "pending": 1}
+    assert [m.text for m in inbox.pending()] == ["never answered"]
+    assert not await inbox.admit(new_answered), "a recent duplicate is still recognised"
+    assert inbox.prune(timedelta(days=30)) == 0
