@@ -40,13 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("agents", "use", "reset", "remember", "forget", "history", "jobs", "cancel", "remind", "schedule", "help")
+COMMANDS = ("agents", "use", "model", "reset", "remember", "forget", "history", "jobs", "cancel", "remind", "schedule", "help")
 SUMMARY_PROMPT = (
     "Summarise this conversation in at most six sentences for your own memory. Keep names, facts, "
     "numbers, decisions and open tasks; drop greetings and small talk."
 )
 HELP = (
-    "Commands: /agents, /use NAME, /reset, /remember TEXT, /forget [ID|all], /history [N], "
+    "Commands: /agents, /use NAME, /model [NAME|auto], /reset, /remember TEXT, /forget [ID|all], /history [N], "
     "/remind WHEN WHAT, /jobs, /cancel ID. Or just say \"remind me every weekday at 8:00 to stretch\"."
 )
 
@@ -94,7 +94,8 @@ class AgentRunner:
         inbound: InboundMessage | None = None,
     ) -> AsyncIterator[str]:
         await self._add_user_turn(spec.name, platform, chat_id, text)
-        model, decision, note = self.pick_model(spec, text, f"{platform}:{sender_id}" if sender_id else None)
+        override = await self.sessions.chosen_model(platform, chat_id)
+        model, decision, note = self.pick_model(spec, text, f"{platform}:{sender_id}" if sender_id else None, override)
         if note:
             yield note + "\n\n"
         try:
@@ -258,29 +259,33 @@ class AgentRunner:
         log.info("tool call", extra={"agent": spec.name, "tool": parsed.tool, "ok": not result.startswith("error:")})
         return result
 
-    def pick_model(self, spec: AgentSpec, text: str, sender: str | None) -> tuple[str, Any, str]:
+    def pick_model(
+        self, spec: AgentSpec, text: str, sender: str | None, override: str | None = None
+    ) -> tuple[str, Any, str]:
         """The model for this turn, the router's decision when there is a router, and a
-        note for the chat when the agent's pinned model cannot serve."""
+        note for the chat when the model the chat (`/model`) or the agent asked for cannot
+        serve. The chat's choice wins over the agent's pin."""
         default = self.daemon.config.default_model
         pinned = spec.model.name if spec.model.policy == "pinned" else None
+        wanted = override or pinned
         router = getattr(self.daemon, "router", None)
         if router is not None:
             try:
-                decision = router.decide(text, agent=spec.name, sender=sender, pinned=pinned)
+                decision = router.decide(text, agent=spec.name, sender=sender, pinned=pinned, override=override)
             except LookupError as e:
                 log.warning("router could not decide, using the default model: %s", e)
             else:
-                note = f"({pinned} is not on this box; answering with {decision.model}.)" if pinned and decision.model != pinned else ""
+                note = f"({wanted} is not on this box; answering with {decision.model}.)" if wanted and decision.model != wanted else ""
                 return decision.model, decision, note
-        if pinned is None:
+        if wanted is None:
             return default, None, ""
         try:
-            card = self.daemon.catalog.get(pinned)
+            card = self.daemon.catalog.get(wanted)
         except CatalogError:
-            return default, None, f"({spec.name}'s model {pinned} is not in the catalog; answering with {default}.)"
+            return default, None, f"({wanted} is not in the catalog; answering with {default}.)"
         if not self.daemon.model_available(card):
-            return default, None, f"({pinned} is not on this box; answering with {default}.)"
-        return pinned, None, ""
+            return default, None, f"({wanted} is not on this box; answering with {default}.)"
+        return wanted, None, ""
 
     async def _add_user_turn(self, agent: str, platform: str, chat_id: str, text: str) -> None:
         """Skips the turn when it is already the last one: an answer replayed after a crash."""
@@ -319,6 +324,22 @@ class AgentRunner:
 
     # -- chat commands -------------------------------------------------------------
 
+    async def _model_command(self, arg: str, platform: str, chat_id: str) -> str:
+        """`/model` shows the chat's choice, `/model NAME` picks one, `/model auto` hands back to the router."""
+        catalog = self.daemon.catalog
+        usable = [c.name for c in catalog if c.roles != ["draft"] and self.daemon.model_available(c)]
+        if not arg:
+            current = await self.sessions.chosen_model(platform, chat_id)
+            who = f"this chat uses {current}" if current else "the box picks the model for each message"
+            return f"Now {who}. Models here: {', '.join(usable) or 'none'}. Pick with /model NAME, or /model auto."
+        if arg == "auto":
+            await self.sessions.choose_model(platform, chat_id, None)
+            return "The box picks the model for each message again."
+        if arg not in usable:
+            return f"{arg} is not a model this box can answer with; models here: {', '.join(usable) or 'none'}."
+        await self.sessions.choose_model(platform, chat_id, arg)
+        return f"This chat now uses {arg} for every message (/model auto to let the box choose)."
+
     async def command(self, name: str, msg: InboundMessage) -> str:
         arg = msg.text.strip().split(maxsplit=1)[1].strip() if len(msg.text.strip().split(maxsplit=1)) > 1 else ""
         spec = await self.agent_for(msg.platform, msg.chat_id)
@@ -342,6 +363,8 @@ class AgentRunner:
                 return f"{arg} does not serve this chat."
             await self.sessions.choose_agent(p, c, arg)
             return f"Now talking to {arg}: {entry.spec.description}"
+        if name == "model":
+            return await self._model_command(arg, p, c)
         if name == "reset":
             await self.sessions.reset(p, c, spec.name)
             return f"Started a fresh conversation with {spec.name}. (The old one is kept; notes stay pinned.)"

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 
 from agents.spec import AgentSpec
-from agents.tables import ChatAgent, ChatSession, Note, Turn
+from agents.tables import ChatAgent, ChatModel, ChatSession, Note, Turn
 from aibox.store import Store
 from aibox.store.schema import utcnow
 from models.chat_template import Message
@@ -161,6 +161,30 @@ class Sessions:
         def write() -> None:
             with self.store.session() as s:
                 s.merge(ChatAgent(platform=platform, chat_id=chat_id, agent=agent))
+
+        await asyncio.to_thread(write)
+
+    # -- which model a chat asked for ----------------------------------------------
+
+    async def chosen_model(self, platform: str, chat_id: str) -> str | None:
+        def read() -> str | None:
+            with self.store.session() as s:
+                row = s.get(ChatModel, (platform, chat_id))
+                return row.model if row else None
+
+        return await asyncio.to_thread(read)
+
+    async def choose_model(self, platform: str, chat_id: str, model: str | None) -> None:
+        """`None` hands the choice back to the router."""
+
+        def write() -> None:
+            with self.store.session() as s:
+                row = s.get(ChatModel, (platform, chat_id))
+                if model is None:
+                    if row is not None:
+                        s.delete(row)
+                else:
+                    s.merge(ChatModel(platform=platform, chat_id=chat_id, model=model))
 
         await asyncio.to_thread(write)
 

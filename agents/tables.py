@@ -87,6 +87,16 @@ class ChatAgent(Base):
     agent: Mapped[str] = mapped_column(String(64))
 
 
+class ChatModel(Base):
+    """The model a chat picked with `/model`: the router's user override for that chat."""
+
+    __tablename__ = "agent_chat_model"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+
+
 class AgentState(Base):
     """Enabled or disabled, per agent name; agents without a row are enabled."""
 

@@ -86,3 +86,56 @@ async def test_agent_pinned_to_an_unloadable_model_is_answered_by_the_next(tmp_p
             assert answer.strip()
         finally:
             assert await asyncio.to_thread(daemon.stop) == 0, daemon.log_tail()
+
+
+async def test_a_chat_picks_its_model_with_slash_model_over_the_router(tmp_path: Path, models_dir: Path, qwen15_path: Path) -> None:
+    """/model NAME is the user's override for that chat: it wins over the cards (SmolLM2 is
+    ruled out of code) until /model auto gives the choice back to the router."""
+    from sqlalchemy import select
+
+    from aibox.store import Store
+    from aibox.store.schema import Generation
+
+    async with TelegramServer() as telegram:
+        config = {
+            "models_dir": str(models_dir), "runtime": {"threads": 1, "max_tokens": 8},
+            "connectors": {"telegram": {
+                "token": telegram.token, "base_url": telegram.base_url, "base_file_url": telegram.base_file_url,
+                "poll_timeout_s": 1, "allow_from": [str(CHAT)], "edit_interval_s": 0.2,
+            }},
+        }
+        daemon = DaemonProcess(tmp_path / "box", config)
+        await asyncio.to_thread(daemon.start)
+        store = Store.open(f"sqlite:///{tmp_path / 'box' / 'aibox.db'}")
+
+        async def ask(text: str) -> str:
+            asked = str(telegram.user_message(CHAT, text))
+            await telegram.outbox.wait_for(
+                lambda: any(m.reply_to == asked for m in telegram.outbox.in_chat(str(CHAT))), timeout=300)
+            await asyncio.sleep(1.0)  # the reply's final edit
+            return next(m.text for m in telegram.outbox.in_chat(str(CHAT)) if m.reply_to == asked)
+
+        def answered_by() -> list[str]:
+            with store.session() as s:
+                return list(s.scalars(select(Generation.model).where(Generation.source == "telegram").order_by(Generation.id)))
+
+        async def answer_model(text: str) -> str | None:
+            before = len(answered_by())
+            await ask(text)
+            for _ in range(1200):  # the row is written in the background, after a long job finishes
+                models = answered_by()
+                if len(models) > before:
+                    return models[-1]
+                await asyncio.sleep(0.1)
+            return None
+
+        code = "Write a Python function that reverses a list."
+        try:
+            assert "not a model this box can answer with" in await ask("/model ghost")
+            assert "qwen2.5-coder-0.5b-instruct" not in await ask("/model"), "a draft-only model is no choice"
+            assert (await ask(f"/model {SMOL}")).startswith(f"This chat now uses {SMOL}")
+            assert await answer_model(code) == SMOL
+            assert (await ask("/model auto")).startswith("The box picks the model")
+            assert await answer_model(code) == "qwen2.5-coder-1.5b-instruct"
+        finally:
+            assert await asyncio.to_thread(daemon.stop) == 0, daemon.log_tail()
