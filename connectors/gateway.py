@@ -43,6 +43,7 @@ class Inbox(Protocol):
 
 SLOW_DOWN = "You're sending messages faster than I can answer. Please slow down a little and try again in a minute."
 ADMIN_ONLY = "Sorry, that command is only for the owner and admins of this box."
+GROUP_ADMIN_ONLY = "In a group, only the owner and admins of this box can change that; ask in a direct chat for your own."
 PAIRING_FULL_DETAIL = "too many pending pairing codes"
 
 
@@ -103,7 +104,8 @@ class Gateway:
             return
         if decision.action == "refuse":
             self._audit(msg, decision.reason, f"command /{command_name(msg.text)}")
-            self._spawn(msg, streamer.send_text(msg.chat_id, ADMIN_ONLY, msg.message_id))
+            refusal = GROUP_ADMIN_ONLY if decision.reason == "group_setting_denied" else ADMIN_ONLY
+            self._spawn(msg, streamer.send_text(msg.chat_id, refusal, msg.message_id))
             return
         if command_name(msg.text) == "pairing":
             self._audit(msg, "admin_command", "command /pairing")

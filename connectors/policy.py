@@ -15,6 +15,9 @@ from connectors.base import InboundMessage
 from connectors.settings import ConnectorSettings
 
 ADMIN_COMMANDS = frozenset({"pairing", "agents", "jobs", "models"})
+# Commands that change a setting for everyone in the chat: free in a direct chat (the sender's
+# own), for the owner and admins in a group. Asking without an argument only shows the setting.
+GROUP_SETTING_COMMANDS = frozenset({"model"})
 
 Action = Literal["answer", "pair", "ignore", "refuse"]
 
@@ -53,8 +56,11 @@ def decide(msg: InboundMessage, settings: ConnectorSettings, role: str | None) -
         if settings.dm_policy == "pairing":
             return Decision("pair", "dm_unknown_sender", role)
     command = command_name(msg.text)
-    if command in ADMIN_COMMANDS and role not in ("owner", "admin"):
+    privileged = role in ("owner", "admin")
+    if command in ADMIN_COMMANDS and not privileged:
         return Decision("refuse", "admin_command_denied", role)
+    if command in GROUP_SETTING_COMMANDS and not msg.is_direct and _has_argument(msg.text) and not privileged:
+        return Decision("refuse", "group_setting_denied", role)
     return Decision("answer", "admin_command" if command in ADMIN_COMMANDS else "accepted", role or "guest")
 
 
@@ -65,6 +71,10 @@ def command_name(text: str) -> str | None:
         return None
     word = stripped[1:].split(maxsplit=1)[0] if stripped[1:].split() else ""
     return word.split("@", 1)[0].lower() or None
+
+
+def _has_argument(text: str) -> bool:
+    return len(text.strip().split(maxsplit=1)) > 1
 
 
 class SenderRateLimit:

@@ -311,6 +311,26 @@ async def test_bots_are_ignored_and_groups_need_a_mention_and_an_allowlist(
     assert server.outbox.in_chat(str(OWNER)) == [] and server.outbox.in_chat("-301") == []
 
 
+async def test_in_a_group_only_the_owner_changes_the_chat_model(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server, groups=["-300"], owner=str(OWNER), dm_policy="open")
+    responder = ScriptedResponder()
+
+    async def replies_in_group(n: int) -> list[str]:
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat("-300")) == n)
+        return [m.text for m in server.outbox.in_chat("-300")]
+
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(-300, "/model smollm2-135m-instruct", user_id=77, chat_type="group", mention=True)
+        assert "only the owner and admins" in (await replies_in_group(1))[0]
+        server.user_message(-300, "/model", user_id=77, chat_type="group", mention=True)  # asking is fine
+        assert (await replies_in_group(2))[1] == "You said: /model"
+        server.user_message(-300, "/model smollm2-135m-instruct", user_id=OWNER, chat_type="group", mention=True)
+        assert (await replies_in_group(3))[2] == "You said: /model smollm2-135m-instruct"
+        server.user_message(77, "/model smollm2-135m-instruct")  # a direct chat is the sender's own
+        await server.outbox.wait_for_text("77", "You said: /model smollm2-135m-instruct")
+    assert [m.text for m in responder.calls] == ["/model", "/model smollm2-135m-instruct", "/model smollm2-135m-instruct"]
+
+
 async def test_admin_commands_and_the_sender_rate_limit(server: TelegramServer, tmp_path: Path) -> None:
     settings = fast(server, dm_policy="open", owner=str(OWNER), rate_limit_burst=2, rate_limit_per_minute=1)
     responder = ScriptedResponder()
