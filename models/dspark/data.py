@@ -29,7 +29,7 @@ from models.spec.sampling import Sampling, probs, sample
 from models.spec.target import LlamaTarget
 
 PROMPTS_FILE = Path(__file__).parent / "prompts.jsonl"
-CATEGORIES = ("chat", "code", "maths", "instructions")
+CATEGORIES = ("chat", "code", "maths", "instructions", "edit")
 META = "meta.json"
 
 

@@ -56,7 +56,7 @@ SETTINGS = dict(batch_size=2, anchors=8, n_layers=1, ffn=64, markov_rank=8, draf
 
 def test_shipped_prompts_are_mixed_and_never_the_benchmark_prompts() -> None:
     prompts = load_prompts()
-    assert {p["category"] for p in prompts} == {"chat", "code", "maths", "instructions"}
+    assert {p["category"] for p in prompts} == {"chat", "code", "maths", "instructions", "edit"}
     def words(text: str) -> set[str]:
         return set(re.findall(r"[a-z]+", text.lower()))
 
