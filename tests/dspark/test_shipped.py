@@ -1,0 +1,46 @@
+"""The drafters shipped in `models/`: every card that names one gets it complete, small enough
+to keep in git, calibrated, loaded on its own target, drafting tokens the target accepts, and
+never changing what the target says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.catalog import Catalog
+from models.dspark.checkpoint import CONFIG, WEIGHTS
+from models.dspark.registry import dspark_checkpoint, dspark_for_card
+from models.spec.engine import SpecEngine
+from models.spec.metrics import SpecStats
+from models.spec.prompts import CODE, COPY_HEAVY, chat_prompt
+from models.spec.target import LlamaTarget
+from tests.conftest import _pulled
+from tests.dspark.test_lossless import plain_greedy
+
+SHIPPED = [card.name for card in Catalog.load() if "dspark" in card.drafters]
+
+
+def test_the_default_model_ships_a_drafter() -> None:
+    assert "smollm2-135m-instruct" in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_drafter_drafts_for_its_target_and_changes_nothing(name: str) -> None:
+    card = Catalog.load().get(name)
+    checkpoint = dspark_checkpoint(card)
+    assert checkpoint is not None, f"{name}: its card names a drafter that is not on disk"
+    assert (checkpoint / WEIGHTS).stat().st_size < 64 * 2**20
+    config = json.loads((checkpoint / CONFIG).read_text())["config"]
+    assert len(config["calibration"]) == config["block_size"]  # calibrated: one temperature per drafted position
+    path = _pulled(name)
+    drafter = dspark_for_card(card, path, device="cpu")
+    assert drafter is not None
+    target = LlamaTarget.load(path, n_ctx=2048, threads=2, hidden=True)
+    stats = SpecStats()
+    for text in (CODE[0], CODE[3], COPY_HEAVY[0]):
+        prompt = chat_prompt(target, text)
+        want = plain_greedy(target, prompt, 24)
+        target.rollback(0)
+        assert list(SpecEngine(target, drafter, fixed_length=5).generate(prompt, 24, stats=stats)) == want
+    assert stats.accepted >= 3, f"{name}: a trained drafter gets some of its drafts accepted ({stats.accepted} of {stats.drafted})"
