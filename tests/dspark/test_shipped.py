@@ -42,5 +42,7 @@ def test_shipped_drafter_drafts_for_its_target_and_changes_nothing(name: str) ->
         prompt = chat_prompt(target, text)
         want = plain_greedy(target, prompt, 24)
         target.rollback(0)
-        assert list(SpecEngine(target, drafter, fixed_length=5).generate(prompt, 24, stats=stats)) == want
+        # two drafts, three rows a verify: llama.cpp's CPU kernels switch at four rows for k-quants
+        # (Qwen's Q4_K_M), and wider batches can differ from one-by-one decoding by half a logit
+        assert list(SpecEngine(target, drafter, fixed_length=2).generate(prompt, 24, stats=stats)) == want
     assert stats.accepted >= 3, f"{name}: a trained drafter gets some of its drafts accepted ({stats.accepted} of {stats.drafted})"
