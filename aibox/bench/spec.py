@@ -15,8 +15,9 @@ from pathlib import Path
 
 from aibox.bench.machine import describe
 from models.catalog import Catalog, ModelCard
-from models.dspark.registry import dspark_for_card
+from models.dspark.registry import dspark_checkpoint, dspark_for_card
 from models.files import is_present, model_path
+from models.spec.accelerator import dspark_can_pay
 from models.spec.drafters.auto import AutoDrafter
 from models.spec.drafters.base import Drafter
 from models.spec.drafters.draft_model import DraftModelDrafter
@@ -71,7 +72,10 @@ def bench_spec(
     if dspark is not None:
         for k in DSPARK_LENGTHS:
             engines[f"dspark@{k}"] = lambda k=k: SpecEngine(target, dspark, fixed_length=k)
+    # what the runtime's accelerator would ask here, in its order
     auto_drafters: list[Drafter] = [PromptLookupDrafter()] + ([draft_model] if draft_model else [])
+    if dspark is not None and dspark_can_pay(scheduler, dspark_checkpoint(card))[0]:
+        auto_drafters.append(dspark)
     auto = AutoDrafter(scheduler, auto_drafters)
     engines["auto"] = lambda: SpecEngine(target, auto, scheduler)
 

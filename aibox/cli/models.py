@@ -152,6 +152,7 @@ def speculation_summary(card: ModelCard, config: Config) -> dict:
         "break_even_acceptance": decision.assessment.break_even_confidence if decision.assessment else None,
         "ceiling": decision.assessment.ceiling if decision.assessment else None,
         "draft_model": decision.draft_model,
+        "dspark": decision.dspark,
         "reason": decision.reason,
     }
 

@@ -11,10 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.dspark.model import DSpark, DSparkConfig
+from models.dspark.registry import CONFIG, WEIGHTS
 from models.dspark.target_weights import load_embedding_and_head, read_shape
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 class CheckpointError(ValueError):

@@ -87,11 +87,13 @@ class DSparkDrafter(Drafter):
         self._reset()
         self._prompt_len = len(tokens)
         if len(tokens):
-            self._add_features(tokens, hidden)
+            self.feed(tokens, hidden)
 
     @torch.inference_mode()
-    def _add_features(self, context: Sequence[int], hidden: np.ndarray) -> None:
+    def feed(self, context: Sequence[int], hidden: np.ndarray) -> None:
         """The rows end with the last context token right after the prompt, else the one before it."""
+        if not len(hidden):
+            return
         end = len(context) if len(context) == self._prompt_len else len(context) - 1
         start = end - hidden.shape[0]
         if start < 0:
@@ -130,8 +132,8 @@ class DSparkDrafter(Drafter):
         hidden: np.ndarray | None = None,
     ) -> Draft:
         start = time.perf_counter()
-        if hidden is not None and len(hidden):
-            self._add_features(context, hidden)
+        if hidden is not None:
+            self.feed(context, hidden)
         k = min(k, self.cfg.block_size)
         if k <= 0 or not context:
             return Draft()
@@ -169,7 +171,6 @@ class DSparkDrafter(Drafter):
                 qs.append(q)
             tokens.append(x)
             prev = x
-        if tokens:
-            per = (time.perf_counter() - start) / len(tokens)
-            self._seconds_per_token = per if self._seconds_per_token == 0 else 0.8 * self._seconds_per_token + 0.2 * per
+        per = (time.perf_counter() - start) / max(len(tokens), 1)  # asking for nothing costs the pass too
+        self._seconds_per_token = per if self._seconds_per_token == 0 else 0.8 * self._seconds_per_token + 0.2 * per
         return Draft(tokens, confidence, np.stack(qs) if qs else None)

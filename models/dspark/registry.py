@@ -1,16 +1,24 @@
 """Which trained DSpark drafter belongs to a model: its card names a checkpoint directory,
 `drafters = { dspark = "dspark/checkpoints/<model>" }`, relative to the `models` package
-(where shipped drafters live) unless absolute."""
+(where shipped drafters live) unless absolute. Finding one needs no torch; loading it does,
+so callers that only ask (`aibox models info`) stay light."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.catalog import ModelCard
-from models.dspark.checkpoint import CONFIG, WEIGHTS
-from models.dspark.drafter import DSparkDrafter
+
+if TYPE_CHECKING:
+    from models.dspark.drafter import DSparkDrafter
 
 MODELS_PACKAGE = Path(__file__).resolve().parent.parent
+# What a checkpoint directory holds: the trained weights (fp16) and the architecture.
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+EVAL = "eval.json"  # what `aibox draft eval` measured, written beside the checkpoint
 
 
 def dspark_checkpoint(card: ModelCard) -> Path | None:
@@ -23,6 +31,21 @@ def dspark_checkpoint(card: ModelCard) -> Path | None:
     return path if (path / WEIGHTS).is_file() and (path / CONFIG).is_file() else None
 
 
-def dspark_for_card(card: ModelCard, gguf_path: Path, device: str | None = None) -> DSparkDrafter | None:
+def recorded_acceptance(checkpoint: Path) -> list[float] | None:
+    """Share of steps in which each draft position was kept, at a fixed draft length on
+    held-out prompts, as `aibox draft eval` measured it; None if it was never evaluated."""
+    try:
+        result = json.loads((checkpoint / EVAL).read_text(encoding="utf-8"))
+        row = next(r for r in result["results"] if r["drafter"] == "dspark")
+        return [float(a) for a in row["acceptance_by_position"]]
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
+def dspark_for_card(card: ModelCard, gguf_path: Path, device: str | None = None) -> "DSparkDrafter | None":
     checkpoint = dspark_checkpoint(card)
-    return DSparkDrafter.load(checkpoint, gguf_path, device) if checkpoint else None
+    if checkpoint is None:
+        return None
+    from models.dspark.drafter import DSparkDrafter
+
+    return DSparkDrafter.load(checkpoint, gguf_path, device)

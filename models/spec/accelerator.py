@@ -5,6 +5,14 @@ SPS(B) profile for that model says drafts can beat plain decoding (`aibox models
 NAME` measures it). It then runs the model's generations through the engine with the
 `auto` drafter on the model's own llama.cpp context, so KV reuse and saved chat states keep
 working. Output is unchanged, token for token (greedy requests; see `applies`).
+
+Where the model's card names a trained DSpark drafter, `auto` may ask it too, if the
+acceptance `aibox draft eval` recorded for it could beat plain decoding on this machine's
+profile even with drafting for free; otherwise it is not loaded (torch and the target's
+dequantized embedding cost hundreds of MB). It reads the target's hidden states, which make
+every prefill compute logits for every prompt row, so the context returns them only for
+requests where DSpark is still worth asking (its measured payoff, see
+`models.spec.drafters.auto`), and plain requests never pay for them.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.catalog import Catalog, ModelCard
+from models.dspark.registry import dspark_checkpoint, dspark_for_card, recorded_acceptance
 from models.files import is_present, model_path
 from models.runtime import GenerationStats, LocalModel, SamplingParams, _TextStream
 from models.spec.drafters.auto import AutoDrafter
@@ -26,7 +35,7 @@ from models.spec.engine import SpecEngine
 from models.spec.metrics import SpecStats
 from models.spec.profile import SpsProfile, load_profile, machine_info
 from models.spec.sampling import Sampling
-from models.spec.scheduler import Assessment, Scheduler
+from models.spec.scheduler import MIN_GAIN, Assessment, Scheduler
 from models.spec.target import LlamaTarget
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,7 @@ class Plan:
     assessment: Assessment | None
     draft_model: str | None
     reason: str
+    dspark: bool = False
 
     @property
     def pays(self) -> bool:
@@ -53,6 +63,8 @@ def available_drafters(card: ModelCard, catalog: Catalog, models_dir: Path) -> l
     for name in card.draft_models:
         if name in catalog and is_present(catalog.get(name), models_dir):
             names.append(f"draft_model:{name}")
+    if dspark_checkpoint(card) is not None:
+        names.append("dspark")
     return names
 
 
@@ -81,7 +93,27 @@ def plan(card: ModelCard, catalog: Catalog, models_dir: Path, state_dir: Path, t
         reason += f"; draft model {draft_model} can pay too"
     elif any(d.startswith("draft_model:") for d in drafters):
         reason += "; a draft model costs too much per token here (or has no profile)"
-    return Plan(profile, drafters, assessment, draft_model, reason)
+    dspark = False
+    if "dspark" in drafters and assessment.pays:
+        dspark, why = dspark_can_pay(scheduler, dspark_checkpoint(card))
+        reason += f"; DSpark {why}"
+    return Plan(profile, drafters, assessment, draft_model, reason, dspark)
+
+
+def dspark_can_pay(scheduler: Scheduler, checkpoint: Path | None) -> tuple[bool, str]:
+    """Could drafts kept as often as the recorded evaluation found beat plain decoding here,
+    if drafting cost nothing? If not, the drafter is not worth its memory on this machine."""
+    survival = recorded_acceptance(checkpoint) if checkpoint else None
+    if not survival:
+        return True, "has no recorded evaluation; asked while the time it saves, measured as it runs, stays positive"
+    plain = scheduler.rate([], 0.0)
+    n = min(len(survival), scheduler.max_draft)
+    best = max((scheduler.rate(survival[:k], 0.0) / plain for k in range(1, n + 1)), default=0.0)
+    tau = 1.0 + sum(survival)
+    if best <= MIN_GAIN:
+        return False, f"not loaded: at its recorded acceptance (τ {tau:.2f}) it could not beat plain decoding here ({best:.2f}x with free drafting)"
+    return True, (f"can pay at its recorded acceptance (τ {tau:.2f}; up to {best:.2f}x with free drafting); "
+                  "asked while the time it saves, measured as it runs, stays positive")
 
 
 class Accelerator:
@@ -89,7 +121,6 @@ class Accelerator:
         self.target = LlamaTarget(model.llm)
         self.scheduler = scheduler
         self.drafter = AutoDrafter(scheduler, drafters)
-        self.engine = SpecEngine(self.target, self.drafter, scheduler)
         self.last: SpecStats | None = None
 
     @classmethod
@@ -104,6 +135,14 @@ class Accelerator:
         if decision.draft_model:
             draft_card = catalog.get(decision.draft_model)
             drafters.append(DraftModelDrafter.load(model_path(draft_card, models_dir), n_ctx=model.n_ctx, threads=threads))
+        if decision.dspark:
+            try:
+                dspark = dspark_for_card(model.card, model_path(model.card, models_dir))
+            except (OSError, ValueError) as e:  # a damaged checkpoint costs the drafter, not the model
+                log.warning("DSpark drafter not loaded", extra={"model": model.card.name, "error": str(e)})
+            else:
+                if dspark is not None:
+                    drafters.append(dspark)
         log.info("speculative decoding on", extra={"model": model.card.name, "reason": decision.reason})
         return cls(model, Scheduler(decision.profile), drafters)
 
@@ -138,8 +177,12 @@ class Accelerator:
         spec = SpecStats()
         text = _TextStream(params.stop, on_text)
         stats.finish_reason = "stop"
-        tokens = self.engine.generate(prompt, max_tokens, sampling, spec)
+        hidden = self.drafter.wants_hidden()
+        self.drafter.uses_hidden = hidden
+        self.target.set_hidden(hidden)
+        tokens = None
         try:
+            tokens = SpecEngine(self.target, self.drafter, self.scheduler).generate(prompt, max_tokens, sampling, spec)
             for token in tokens:
                 if stats.ttft_s is None:
                     stats.ttft_s = time.perf_counter() - start
@@ -153,7 +196,9 @@ class Accelerator:
                 if stats.completion_tokens >= max_tokens:
                     stats.finish_reason = "length"
         finally:
-            tokens.close()
+            if tokens is not None:
+                tokens.close()
+            self.target.set_hidden(False)
             model._kv = self.target.tokens
         text.flush()
         stats.total_s = time.perf_counter() - start

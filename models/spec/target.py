@@ -56,8 +56,7 @@ class LlamaTarget:
         self._vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         self._n_batch = llm.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
-        self.hidden = hidden
-        llama_cpp.llama_set_embeddings(self._ctx, hidden)
+        self.set_hidden(hidden)
 
     @classmethod
     def load(
@@ -87,6 +86,13 @@ class LlamaTarget:
             verbose=False,
         )
         return cls(llm, hidden=hidden)
+
+    def set_hidden(self, on: bool) -> None:
+        """Return final hidden states from now on, or stop. While on, llama.cpp outputs every
+        row of a decode (logits too), so a prompt's prefill costs its LM head for every token:
+        the runtime only switches it on for requests a drafter reads them for."""
+        self.hidden = on
+        llama_cpp.llama_set_embeddings(self._ctx, on)
 
     def __del__(self) -> None:
         batch = getattr(self, "_batch", None)

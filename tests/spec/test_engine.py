@@ -4,12 +4,14 @@ sampled speculative decoding draws from the target's distribution."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from models.spec.drafters.auto import AutoDrafter
+from models.spec.drafters.auto import PAYOFF_MIN, PAYOFF_WINDOW, PROBE_EVERY, AutoDrafter, Payoff
+from models.spec.drafters.base import Draft, Drafter
 from models.spec.drafters.draft_model import DraftModelDrafter
 from models.spec.drafters.prompt_lookup import PromptLookupDrafter
 from models.spec.engine import SpecEngine
@@ -180,3 +182,58 @@ def test_greedy_identity_qwen15_with_draft_model_and_prompt_lookup(qwen15_path, 
     assert stats["draft_model"].accepted > 5
     assert stats["prompt_lookup"].drafted > 0
     assert max(len(stats["auto"].position_drafted), 0) <= longest
+
+
+class WrongDrafter(Drafter):
+    """A drafter with a price and no skill: it always guesses a token the model never writes,
+    fully confident, and takes 2 ms to do it. (Our own Drafter interface, implemented for the
+    test; nothing is mocked.)"""
+
+    name = "wrong"
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.asked = 0
+
+    @property
+    def seconds_per_token(self) -> float:
+        return 0.002
+
+    def propose(self, context, k, sampling, extend=None, hidden=None) -> Draft:
+        self.asked += 1
+        time.sleep(0.002)
+        return Draft([self.token] * k, [1.0] * k)
+
+
+def test_auto_stops_asking_a_drafter_that_costs_more_than_it_saves(smol):
+    """Every consultation of `wrong` costs 2 ms and saves nothing, so after PAYOFF_MIN of them
+    `auto` leaves it alone, probing once every PROBE_EVERY chances; output stays plain greedy."""
+    wrong = WrongDrafter(smol.n_vocab - 1)
+    auto = AutoDrafter(Scheduler(GPU), [wrong])
+    prompt = chat_prompt(smol, CHAT[0])
+    expected = plain_greedy(smol, prompt, 80)
+    smol.rollback(0)
+    got = list(SpecEngine(smol, auto, Scheduler(GPU)).generate(prompt, 80))
+    assert got == expected and len(got) > 2 * PROBE_EVERY
+    assert not auto.payoff["wrong"].open
+    assert wrong.asked <= PAYOFF_MIN + 2  # a probe after PROBE_EVERY skips, the next after twice that
+    assert wrong.asked >= PAYOFF_MIN + 1  # but probed again
+
+
+def test_payoff_gate_opens_when_a_drafter_saves_time_again():
+    payoff = Payoff()
+    for _ in range(PAYOFF_MIN - 1):
+        payoff.record(-0.01)
+    assert payoff.open  # too little evidence to close
+    payoff.record(-0.01)
+    assert not payoff.open and not payoff.due
+    payoff.skipped = PROBE_EVERY
+    assert payoff.due
+    payoff.record(-0.01)  # a probe that did not pay: the next one waits twice as long
+    payoff.skipped = PROBE_EVERY
+    assert not payoff.due
+    payoff.skipped = 2 * PROBE_EVERY
+    assert payoff.due
+    for _ in range(PAYOFF_WINDOW):
+        payoff.record(0.02)
+    assert payoff.open and payoff.mean_s == pytest.approx(0.02) and payoff.wait == PROBE_EVERY

@@ -60,6 +60,10 @@ class Drafter(ABC):
         last emitted token). `hidden` holds the target's final hidden states for the tokens
         verified in the previous step, for drafters that use them."""
 
+    def feed(self, context: Sequence[int], hidden: np.ndarray) -> None:
+        """The target's hidden states for the tokens verified in the previous step, handed to
+        drafters that use them even on steps they do not draft, so their context stays whole."""
+
     def observe(self, drafted: int, accepted: int) -> None:
         """Feedback after verification: of `drafted` tokens the first `accepted` were kept."""
 

@@ -83,10 +83,8 @@ class DraftModelDrafter(Drafter):
             tokens.append(x)
             if len(tokens) < k:
                 logits = self.model.decode([x]).logits[-1]
-        if tokens:
-            elapsed = time.perf_counter() - start
-            per = elapsed / len(tokens)
-            self._seconds_per_token = per if self._seconds_per_token == 0 else 0.8 * self._seconds_per_token + 0.2 * per
+        per = (time.perf_counter() - start) / max(len(tokens), 1)  # asking for nothing costs a decode too
+        self._seconds_per_token = per if self._seconds_per_token == 0 else 0.8 * self._seconds_per_token + 0.2 * per
         self._last = raw
         return Draft(tokens, confidence, np.stack(qs) if qs else None)
 
