@@ -53,7 +53,8 @@ def bench_spec(
 ) -> dict:
     prompts_per_set, max_tokens = (3, 48) if quick else (8, 96)
     dspark = dspark_for_card(card, model_path(card, models_dir))  # needs the target's hidden states
-    target = LlamaTarget.load(model_path(card, models_dir), n_ctx=2048, threads=threads, hidden=dspark is not None)
+    target = LlamaTarget.load(model_path(card, models_dir), n_ctx=2048, threads=threads, hidden=dspark is not None,
+                              layers=dspark.hidden_layers if dspark else ())
     info = machine_info(threads)
     profile = load_profile(state_dir, card.name, info)
     if profile is None:

@@ -65,6 +65,7 @@ def prepare_cmd(
     max_tokens: int = typer.Option(160, min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, min=0.0, help="Answer sampling temperature (0: greedy, what eval measures)."),
     top_p: float = typer.Option(1.0, min=0.01, max=1.0, help="Answer nucleus sampling."),
+    feature_layers: str = typer.Option("", "--feature-layers", help="Also capture these target layers' outputs as features, e.g. 7,15,22 (default: the final hidden state only)."),
     threads: int = ThreadsOption,
     json: bool = JsonOption,
 ) -> None:
@@ -82,7 +83,11 @@ def prepare_cmd(
     if limit:
         items = items[:limit]
     settings = PrepareSettings(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
-    need = estimate_bytes(len(items), settings, read_shape(path).d_model)
+    try:
+        chosen = [int(x) for x in feature_layers.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"layer numbers separated by commas, not {feature_layers!r}", param_hint="--feature-layers") from None
+    need = estimate_bytes(len(items), settings, read_shape(path).d_model, n_layers=len(chosen))
     free = free_bytes(data)
     err_console.print(f"{len(items)} prompts -> {data}: at most {need / 1e6:.0f} MB on disk ({free / 1e9:.1f} GB free)")
     if need > free:
@@ -90,9 +95,9 @@ def prepare_cmd(
     with _bar() as bar:
         task = bar.add_task("answering", total=len(items))
         try:
-            result = prepare(path, data, items, settings, threads=threads,
+            result = prepare(path, data, items, settings, threads=threads, layers=chosen,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except DataError as e:
+        except (DataError, ValueError) as e:
             fail(str(e), EXIT_DATAERR)
     if json:
         print_json(result)

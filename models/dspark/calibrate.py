@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.dspark.checkpoint import load_checkpoint, read_config, write_config
-from models.dspark.data import collate, load_examples
+from models.dspark.data import DataError, collate, feature_layers, load_examples
 from models.dspark.model import DSpark, sample_anchors
 
 # log-spaced candidate temperatures; the log loss is smooth in T, so a fine grid is exact enough
@@ -120,6 +120,8 @@ def calibrate(checkpoint: Path, gguf_path: Path, data_dir: Path, device: torch.d
     cfg, meta = read_config(checkpoint)
     val_percent = meta.get("train", {}).get("validation_percent", 8)
     model = load_checkpoint(checkpoint, gguf_path, device)
+    if feature_layers(data_dir) != model.cfg.feature_layers:
+        raise DataError(f"{data_dir} was prepared with layers {feature_layers(data_dir)}, the drafter reads {model.cfg.feature_layers}")
     z, hit = collect(model, load_examples(data_dir, val_percent, "val"), anchors, device)
     if len(z) < min_blocks:
         raise ValueError(f"only {len(z)} held-out blocks; prepare more data before calibrating")

@@ -36,6 +36,7 @@ class DSparkDrafter(Drafter):
     def __init__(self, model: DSpark, seed: int | None = None, name: str | None = None) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
+        self.hidden_layers = tuple(model.cfg.feature_layers)
         if name:
             self.name = name
         self.device = next(model.parameters()).device
@@ -94,6 +95,11 @@ class DSparkDrafter(Drafter):
         """The rows end with the last context token right after the prompt, else the one before it."""
         if not len(hidden):
             return
+        if hidden.shape[1] != self.cfg.feature_dim:
+            raise ValueError(
+                f"{hidden.shape[1]} features a position for a drafter that reads {self.cfg.feature_dim} "
+                f"(layers {list(self.hidden_layers)} and the final state): load the target with those layers"
+            )
         end = len(context) if len(context) == self._prompt_len else len(context) - 1
         start = end - hidden.shape[0]
         if start < 0:

@@ -59,10 +59,14 @@ def evaluate(
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict:
-    target = LlamaTarget.load(gguf_path, n_ctx=4096, threads=threads, hidden=True)
-    drafters: list[tuple[str, Drafter | None]] = [("plain", None), ("dspark", DSparkDrafter.load(dspark_dir, gguf_path, str(device), name="dspark"))]
+    dspark = DSparkDrafter.load(dspark_dir, gguf_path, str(device), name="dspark")
+    drafters: list[tuple[str, Drafter | None]] = [("plain", None), ("dspark", dspark)]
     if dflash_dir is not None:
-        drafters.append(("dflash", DSparkDrafter.load(dflash_dir, gguf_path, str(device), name="dflash")))
+        dflash = DSparkDrafter.load(dflash_dir, gguf_path, str(device), name="dflash")
+        if dflash.hidden_layers != dspark.hidden_layers:
+            raise ValueError(f"the DFlash baseline reads layers {list(dflash.hidden_layers)}, DSpark {list(dspark.hidden_layers)}: train both on the same data")
+        drafters.append(("dflash", dflash))
+    target = LlamaTarget.load(gguf_path, n_ctx=4096, threads=threads, hidden=True, layers=dspark.hidden_layers)
     drafters.append(("prompt_lookup", PromptLookupDrafter()))
     sets = {name: prompts[:per_set] for name, prompts in PROMPT_SETS.items()}
     tokens = {name: [chat_prompt(target, p) for p in prompts] for name, prompts in sets.items()}

@@ -47,6 +47,8 @@ class DSparkConfig:
     confidence: bool = True
     draft_vocab_size: int = 0  # V_d; 0 means the whole target vocabulary
     calibration: list[float] = field(default_factory=list)  # per-position temperatures, from calibrate
+    # target layers whose outputs are fused with the final hidden state (models.spec.layers)
+    feature_layers: list[int] = field(default_factory=list)
 
     @property
     def head_dim(self) -> int:
@@ -55,6 +57,11 @@ class DSparkConfig:
     @property
     def vocab(self) -> int:
         return self.draft_vocab_size or self.n_vocab
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of one position's target features: each chosen layer's output, then the final state."""
+        return self.d_model * (len(self.feature_layers) + 1)
 
     @classmethod
     def for_target(cls, shape: TargetShape, **overrides) -> "DSparkConfig":
@@ -195,7 +202,7 @@ class DSpark(nn.Module):
         self.register_buffer("head", full_head if full_vocab else full_head[draft_ids].contiguous(), persistent=False)  # (V_d, d)
 
         d = cfg.d_model
-        self.fc = nn.Linear(d, d, bias=False)
+        self.fc = nn.Linear(cfg.feature_dim, d, bias=False)
         self.feat_norm = RMSNorm(d, cfg.norm_eps)
         self.mask_embed = nn.Parameter(torch.randn(d) * embed.float().std())
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
@@ -221,8 +228,16 @@ class DSpark(nn.Module):
     # --- context ---------------------------------------------------------------------------
 
     def context_kv(self, feats: torch.Tensor, pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer (k, v), each (B, Hk, C, hd), from target features (B, C, d) at positions (B, C)."""
-        fused = self.feat_norm(self.fc(feats.to(self.embed.dtype)))  # (B, C, d)
+        """Per layer (k, v), each (B, Hk, C, hd), from target features (B, C, feature_dim) at
+        positions (B, C). Intermediate layer outputs are the raw residual stream, whose scale
+        differs a hundredfold between layers, so each is RMS-normalised before the fusion."""
+        x = feats.to(self.embed.dtype)
+        k, d = len(self.cfg.feature_layers), self.cfg.d_model
+        if k:
+            mid = x[..., : k * d].unflatten(-1, (k, d))  # (B, C, k, d)
+            mid = mid * torch.rsqrt(mid.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)
+            x = torch.cat([mid.flatten(-2), x[..., k * d :]], dim=-1)
+        fused = self.feat_norm(self.fc(x))  # (B, C, d)
         return [layer.attn.kv(fused, pos) for layer in self.layers]
 
     # --- block -----------------------------------------------------------------------------
@@ -266,13 +281,14 @@ class DSpark(nn.Module):
 
     def target_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """The target's own logits (..., V) from its final hidden states: llama.cpp's features
-        are the post-norm hidden state, so the target's head applied to them is its output."""
-        return feats.to(self.full_head.dtype) @ self.full_head.T
+        are the post-norm hidden state (the last d of each feature row), so the target's head
+        applied to them is its output."""
+        return feats[..., -self.cfg.d_model :].to(self.full_head.dtype) @ self.full_head.T
 
     def forward_blocks(
         self,
         tokens: torch.Tensor,  # (B, L) prompt + answer ids, padded
-        feats: torch.Tensor,  # (B, L, d) target features per position (rows past the last are ignored)
+        feats: torch.Tensor,  # (B, L, feature_dim) target features per position (rows past the last are ignored)
         label_mask: torch.Tensor,  # (B, L) 1 where the token is an answer token (supervised)
         anchors: torch.Tensor,  # (B, A)
         keep: torch.Tensor,  # (B, A) real anchors

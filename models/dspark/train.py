@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models.dspark.checkpoint import load_checkpoint, save_checkpoint
-from models.dspark.data import Example, batches, collate, load_examples
+from models.dspark.data import DataError, Example, batches, collate, feature_layers, load_examples
 from models.dspark.model import DSpark, DSparkConfig, sample_anchors
 from models.dspark.target_weights import load_embedding_and_head, read_shape
 
@@ -140,7 +140,9 @@ def choose_draft_vocab(examples: list[Example], size: int, n_vocab: int) -> torc
     return counts.argsort(descending=True, stable=True)[:size].sort().values
 
 
-def build_model(gguf_path: Path, settings: TrainSettings, examples: list[Example], device: torch.device) -> DSpark:
+def build_model(
+    gguf_path: Path, settings: TrainSettings, examples: list[Example], device: torch.device, layers: list[int] | None = None
+) -> DSpark:
     shape = read_shape(gguf_path)
     s = settings.effective()
     cfg = DSparkConfig.for_target(
@@ -151,7 +153,11 @@ def build_model(gguf_path: Path, settings: TrainSettings, examples: list[Example
         markov_rank=s.markov_rank,
         confidence=not s.baseline,
         draft_vocab_size=s.draft_vocab if 0 < s.draft_vocab < shape.n_vocab else 0,
+        feature_layers=list(layers or []),
     )
+    width = examples[0].features.shape[1] if examples else cfg.feature_dim
+    if width != cfg.feature_dim:
+        raise DataError(f"the data has {width} features a position, a drafter over layers {cfg.feature_layers} needs {cfg.feature_dim}")
     embed, head = load_embedding_and_head(gguf_path)
     draft_ids = choose_draft_vocab(examples, cfg.draft_vocab_size, shape.n_vocab)
     torch.manual_seed(s.seed)
@@ -200,7 +206,7 @@ def train(
         model.load_state_dict(state["model"])  # full precision; the shipped file is fp16
     else:
         state = None
-        model = build_model(gguf_path, settings, train_set, device)
+        model = build_model(gguf_path, settings, train_set, device, feature_layers(data_dir))
     s = settings.effective()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)

@@ -118,9 +118,11 @@ def dspark_can_pay(scheduler: Scheduler, checkpoint: Path | None) -> tuple[bool,
 
 class Accelerator:
     def __init__(self, model: LocalModel, scheduler: Scheduler, drafters: list[Drafter]) -> None:
-        self.target = LlamaTarget(model.llm)
         self.scheduler = scheduler
         self.drafter = AutoDrafter(scheduler, drafters)
+        self.target = LlamaTarget(model.llm, layers=self.drafter.hidden_layers)
+        if self.drafter.hidden_layers:  # the capture comes with a fresh context: nothing is cached
+            model._kv = []
         self.last: SpecStats | None = None
 
     @classmethod

@@ -18,10 +18,13 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
+from models.spec.layers import install
+
 
 @dataclass
 class StepOutput:
-    """Target outputs for the rows of one decode: logits (rows x vocab), hidden (rows x d) or None."""
+    """Target outputs for the rows of one decode: logits (rows x vocab), hidden (rows x d, or
+    d times the number of captured layers plus one) or None."""
 
     logits: np.ndarray
     hidden: np.ndarray | None = None
@@ -48,10 +51,14 @@ class Target(Protocol):
 class LlamaTarget:
     """A llama.cpp context driven one `llama_decode` per verify step."""
 
-    def __init__(self, llm: Llama, hidden: bool = False) -> None:
+    def __init__(self, llm: Llama, hidden: bool = False, layers: Sequence[int] = ()) -> None:
+        """`layers`: target layers whose outputs come with the hidden states, before the final
+        one (see `models.spec.layers`; giving any makes `llm` a fresh context)."""
         self.llm = llm
         self.n_vocab = llm.n_vocab()
         self.n_embd = llm.n_embd()
+        self.capture = install(llm, layers) if layers else None
+        self.layers = list(layers)
         self._ctx = llm._ctx.ctx
         self._vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         self._n_batch = llm.n_batch
@@ -66,6 +73,7 @@ class LlamaTarget:
         threads: int | None = None,
         hidden: bool = False,
         n_batch: int = 512,
+        layers: Sequence[int] = (),
     ) -> "LlamaTarget":
         """Open a GGUF with the settings that make batched and one-by-one decodes bit-identical.
 
@@ -85,7 +93,7 @@ class LlamaTarget:
             pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE,
             verbose=False,
         )
-        return cls(llm, hidden=hidden)
+        return cls(llm, hidden=hidden, layers=layers)
 
     def set_hidden(self, on: bool) -> None:
         """Return final hidden states from now on, or stop. While on, llama.cpp outputs every
@@ -93,6 +101,8 @@ class LlamaTarget:
         the runtime only switches it on for requests a drafter reads them for."""
         self.hidden = on
         llama_cpp.llama_set_embeddings(self._ctx, on)
+        if self.capture is not None:
+            self.capture.active = on
 
     def __del__(self) -> None:
         batch = getattr(self, "_batch", None)
@@ -135,6 +145,7 @@ class LlamaTarget:
             chunk = tokens[start : start + self._n_batch]
             last_chunk = start + self._n_batch >= len(tokens)
             self._decode_chunk(chunk, all_logits)
+            layer_rows = self.capture.take() if self.hidden and self.capture is not None else []
             if all_logits:
                 rows = range(len(chunk))
             elif last_chunk:
@@ -143,7 +154,9 @@ class LlamaTarget:
                 continue
             logits_parts.append(self._rows(llama_cpp.llama_get_logits_ith, rows, self.n_vocab))
             if self.hidden:
-                hidden_parts.append(self._rows(llama_cpp.llama_get_embeddings_ith, rows, self.n_embd))
+                final = self._rows(llama_cpp.llama_get_embeddings_ith, rows, self.n_embd)
+                # (rows, d * (len(layers) + 1)): the chosen layers in order, the final state last
+                hidden_parts.append(np.concatenate([r[rows.start : rows.stop] for r in layer_rows] + [final], axis=1))
         logits = np.concatenate(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
         hidden = None
         if self.hidden:

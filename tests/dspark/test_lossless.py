@@ -90,3 +90,54 @@ def test_primed_prompt_prefix_is_used_and_output_stays_plain(target, drafter) ->
     got = list(SpecEngine(target, drafter, fixed_length=5).generate(prompt, 24))
     assert got == want
     assert drafter._pos[: len(prompt)].tolist() == list(range(len(prompt)))  # every prompt position, anchor included
+
+
+LAYERS = [7, 15, 22]
+
+
+@pytest.fixture(scope="module")
+def layered(smollm2_path) -> DSparkDrafter:
+    """An untrained drafter that fuses three intermediate layers with the final state."""
+    shape = read_shape(smollm2_path)
+    embed, head = load_embedding_and_head(smollm2_path)
+    torch.manual_seed(1)
+    cfg = DSparkConfig.for_target(shape, n_layers=1, ffn=128, markov_rank=16, draft_vocab_size=4096, feature_layers=LAYERS)
+    return DSparkDrafter(DSpark(cfg, embed, head, torch.arange(4096)), seed=0)
+
+
+def test_drafter_over_intermediate_layers_needs_them_and_stays_lossless(smollm2_path, target, layered) -> None:
+    assert layered.hidden_layers == tuple(LAYERS)
+    prompt = chat_prompt(target, CODE[3])
+    target.rollback(0)
+    with pytest.raises(ValueError, match="load the target with those layers"):
+        list(SpecEngine(target, layered, fixed_length=4).generate(prompt, 4))
+    with_layers = LlamaTarget.load(smollm2_path, n_ctx=2048, threads=1, hidden=True, layers=LAYERS)
+    want = plain_greedy(with_layers, prompt, 32)
+    stats = SpecStats()
+    with_layers.rollback(0)
+    got = list(SpecEngine(with_layers, layered, fixed_length=4).generate(prompt, 32, stats=stats))
+    assert got == want and stats.drafted > 20
+
+
+def test_runtime_serves_a_drafter_over_intermediate_layers(smollm2_path, layered) -> None:
+    """The daemon's model gets a capturing context when its drafter reads layers; its plain
+    and accelerated answers stay the same."""
+    from models.catalog import Catalog
+    from models.runtime import LocalModel, SamplingParams
+    from models.spec.accelerator import Accelerator
+    from models.spec.drafters.prompt_lookup import PromptLookupDrafter
+
+    card = Catalog.load().get("smollm2-135m-instruct")
+    model = LocalModel(card, smollm2_path, threads=1, n_ctx=2048, state_cache_bytes=0, kv_reuse=False)
+    slow_flat = SpsProfile([1, 2, 4, 8, 16], [0.2, 0.2001, 0.2002, 0.2004, 0.2008])
+    acc = Accelerator(model, Scheduler(slow_flat), [PromptLookupDrafter(), layered])
+    assert acc.target.layers == LAYERS
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    prompt = model.chat_tokens([{"role": "user", "content": CHAT[2]}])
+    fast: list[str] = []
+    acc.generate(model, prompt, params, fast.append, lambda: False)
+    plain: list[str] = []
+    model.generate(prompt, params, plain.append, lambda: False)
+    assert "".join(fast) == "".join(plain) and fast
+    assert acc.drafter.payoff["dspark"].gains  # it was asked, with the layers it reads
+    model.close()

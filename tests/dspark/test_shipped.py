@@ -36,7 +36,7 @@ def test_shipped_drafter_drafts_for_its_target_and_changes_nothing(name: str) ->
     path = _pulled(name)
     drafter = dspark_for_card(card, path, device="cpu")
     assert drafter is not None
-    target = LlamaTarget.load(path, n_ctx=2048, threads=2, hidden=True)
+    target = LlamaTarget.load(path, n_ctx=2048, threads=2, hidden=True, layers=drafter.hidden_layers)
     stats = SpecStats()
     for text in (CODE[0], CODE[3], COPY_HEAVY[0]):
         prompt = chat_prompt(target, text)

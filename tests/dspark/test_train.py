@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from models.dspark.calibrate import calibrate, ece, fit_temperatures
 from models.dspark.checkpoint import load_checkpoint, read_config
-from models.dspark.data import load_examples, load_prompts, is_validation
+from models.dspark.data import DataError, is_validation, load_examples, load_prompts
 from models.dspark.train import TrainSettings, build_model, evaluate_loss, train
 from models.spec.prompts import PROMPT_SETS
 
@@ -130,3 +130,22 @@ def test_unknown_model_and_missing_data_are_clear_errors(workdir) -> None:
     r = aibox("draft", "train", "--model", "smollm2-135m-instruct", "--data", str(workdir / "nothing"),
               config=workdir / "aibox.toml")
     assert r.returncode == 65 and "no prepared data" in r.stderr
+
+
+def test_prepare_and_train_over_intermediate_layers(workdir, data, smollm2_path, tmp_path) -> None:
+    layered = workdir / "layered"
+    r = aibox("draft", "prepare", "--model", "smollm2-135m-instruct", "--data", str(layered), "--feature-layers", "10,20",
+              "--prompts", str(workdir / "prompts.jsonl"), "--max-tokens", "12", "--threads", "1", "--json",
+              config=workdir / "aibox.toml")
+    assert r.returncode == 0, r.stderr
+    t = load_file(str(next(layered.glob("*.safetensors"))))
+    assert t["features"].shape == (len(t["tokens"]) - 1, 3 * 576)
+    out = tmp_path / "run"
+    train(layered, smollm2_path, out, TrainSettings(steps=3, **SETTINGS), torch.device("cpu"))
+    cfg, _ = read_config(out)
+    assert cfg.feature_layers == [10, 20] and load_checkpoint(out, smollm2_path).fc.in_features == 3 * 576
+    with pytest.raises(DataError, match="prepared with layers"):
+        calibrate(out, smollm2_path, data, torch.device("cpu"), anchors=16, min_blocks=5)
+    bad = aibox("draft", "prepare", "--model", "smollm2-135m-instruct", "--data", str(tmp_path / "x"),
+                "--feature-layers", "7,mid", config=workdir / "aibox.toml")
+    assert bad.returncode == 2 and "--feature-layers" in bad.stderr

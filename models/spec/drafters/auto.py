@@ -74,6 +74,10 @@ class AutoDrafter(Drafter):
         # Whether this request gets the target's hidden states; the runtime switches them
         # off (see `wants_hidden`) when no drafter that reads them is worth asking.
         self.uses_hidden = any(d.uses_hidden for d in self.drafters)
+        layers = {d.hidden_layers for d in self.drafters if d.uses_hidden}
+        if len(layers) > 1:
+            raise ValueError(f"drafters read different target layers {sorted(layers)}; one target serves one set")
+        self.hidden_layers = layers.pop() if layers else ()
         self.payoff = {d.name: Payoff() for d in self.drafters}
         self._used: Drafter | None = None
         self._consult_s = 0.0

@@ -43,6 +43,8 @@ class Drafter(ABC):
 
     name: str = "drafter"
     uses_hidden: bool = False
+    # target layers whose outputs it reads before the final hidden state (models.spec.layers)
+    hidden_layers: tuple[int, ...] = ()
 
     def begin(self, prompt: Sequence[int]) -> None:
         """A new request starts with this prompt."""
