@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from agents.spec import AgentFileError, AgentSpec, load_agent
+from agents.definition import AgentFileError, AgentDefinition, load_agent
 from agents.tables import AgentState
 from aibox.store import Store
 
@@ -29,23 +29,23 @@ class RegistryError(Exception):
 
 @dataclass(frozen=True)
 class AgentEntry:
-    spec: AgentSpec
+    definition: AgentDefinition
     source: str  # "shipped" or "user"
     path: Path
     enabled: bool
 
     def summary(self) -> dict:
-        spec = self.spec
+        definition = self.definition
         return {
-            "name": spec.name,
-            "description": spec.description,
+            "name": definition.name,
+            "description": definition.description,
             "enabled": self.enabled,
-            "default": spec.default,
+            "default": definition.default,
             "source": self.source,
             "path": str(self.path),
-            "model": spec.model.name if spec.model.policy == "pinned" else "router",
-            "tools": spec.tools,
-            "schedules": [s.model_dump() for s in spec.schedules],
+            "model": definition.model.name if definition.model.policy == "pinned" else "router",
+            "tools": definition.tools,
+            "schedules": [s.model_dump() for s in definition.schedules],
         }
 
 
@@ -65,12 +65,12 @@ class Registry:
         for source, folder in (("shipped", self.shipped_dir), ("user", self.user_dir)):
             for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
                 try:
-                    spec = load_agent(path)
+                    definition = load_agent(path)
                 except AgentFileError as e:
                     self.problems[str(path)] = str(e)
                     log.error("agent file refused: %s", e)
                     continue
-                agents[spec.name] = AgentEntry(spec, source, path, states.get(spec.name, True))
+                agents[definition.name] = AgentEntry(definition, source, path, states.get(definition.name, True))
         self._agents = agents
 
     def _states(self) -> dict[str, bool]:
@@ -78,7 +78,7 @@ class Registry:
             return {row.name: row.enabled for row in s.scalars(select(AgentState))}
 
     def all(self) -> list[AgentEntry]:
-        return sorted(self._agents.values(), key=lambda a: a.spec.name)
+        return sorted(self._agents.values(), key=lambda a: a.definition.name)
 
     def get(self, name: str) -> AgentEntry:
         entry = self._agents.get(name)
@@ -87,25 +87,25 @@ class Registry:
             raise RegistryError(f"no agent named {name!r}; known agents: {known}")
         return entry
 
-    def enabled(self, name: str) -> AgentSpec | None:
+    def enabled(self, name: str) -> AgentDefinition | None:
         entry = self._agents.get(name)
-        return entry.spec if entry is not None and entry.enabled else None
+        return entry.definition if entry is not None and entry.enabled else None
 
-    def default(self, preferred: str | None = None) -> AgentSpec:
+    def default(self, preferred: str | None = None) -> AgentDefinition:
         """The configured default agent if enabled, else the one marked default, else the first enabled."""
-        on = [a.spec for a in self.all() if a.enabled]
+        on = [a.definition for a in self.all() if a.enabled]
         if not on:
             raise RegistryError("every agent is disabled; enable one with `aibox agents enable NAME`")
         return next((s for s in on if s.name == preferred), None) or next((s for s in on if s.default), on[0])
 
     def add(self, source: Path) -> AgentEntry:
         """Validates a file and copies it into the user agents folder."""
-        spec = load_agent(source)
+        definition = load_agent(source)
         self.user_dir.mkdir(parents=True, exist_ok=True)
-        target = self.user_dir / f"{spec.name}.toml"
+        target = self.user_dir / f"{definition.name}.toml"
         shutil.copyfile(source, target)
         self.reload()
-        return self.get(spec.name)
+        return self.get(definition.name)
 
     def remove(self, name: str) -> Path:
         entry = self.get(name)

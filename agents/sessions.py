@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, select
 
-from agents.spec import AgentSpec
+from agents.definition import AgentDefinition
 from agents.tables import ChatAgent, ChatModel, ChatSession, Note, Turn
 from aibox.store import Store
 from aibox.store.schema import utcnow
@@ -192,7 +192,7 @@ class Sessions:
 
     async def build_context(
         self,
-        spec: AgentSpec,
+        definition: AgentDefinition,
         platform: str,
         chat_id: str,
         system_extra: str,
@@ -202,30 +202,30 @@ class Sessions:
     ) -> list[Message]:
         """The messages for the next answer, ending with the latest user turn (already
         stored with `add_turn`). Folds turns that do not fit into the summary first."""
-        agent = spec.name
+        agent = definition.name
         notes = await self.notes(platform, chat_id, agent)
         summary, upto = await self.summary(platform, chat_id, agent)
         turns = [t for t in await self.history(platform, chat_id, agent, limit=10_000) if t.id > upto]
-        budget = window - spec.memory.reserve_tokens
-        system = _system_text(spec, system_extra, notes, summary)
+        budget = window - definition.memory.reserve_tokens
+        system = _system_text(definition, system_extra, notes, summary)
         used = count(system) + MESSAGE_OVERHEAD
         keep: list[TurnView] = []
         for turn in reversed(turns):
             cost = count(turn.text) + MESSAGE_OVERHEAD
-            if len(keep) >= spec.memory.recent_turns or (keep and used + cost > budget):
+            if len(keep) >= definition.memory.recent_turns or (keep and used + cost > budget):
                 break
             keep.insert(0, turn)
             used += cost
         older = turns[: len(turns) - len(keep)]
-        if older and summarise is not None and spec.memory.summarise:
+        if older and summarise is not None and definition.memory.summarise:
             summary = await summarise(summary, [(t.role, t.text) for t in older])
             await self._save_summary(platform, chat_id, agent, summary, older[-1].id)
-            system = _system_text(spec, system_extra, notes, summary)
+            system = _system_text(definition, system_extra, notes, summary)
             while len(keep) > 1 and count(system) + sum(count(t.text) + MESSAGE_OVERHEAD for t in keep) > budget:
                 keep.pop(0)
-            room = budget - count(_system_text(spec, system_extra, notes, "")) - MESSAGE_OVERHEAD * 2
+            room = budget - count(_system_text(definition, system_extra, notes, "")) - MESSAGE_OVERHEAD * 2
             room -= sum(count(t.text) + MESSAGE_OVERHEAD for t in keep)
-            system = _system_text(spec, system_extra, notes, _tail(summary, room, count))
+            system = _system_text(definition, system_extra, notes, _tail(summary, room, count))
         messages: list[Message] = [{"role": "system", "content": system}]
         messages += [{"role": t.role, "content": t.text} for t in keep]
         return messages
@@ -248,8 +248,8 @@ def _tail(summary: str, room: int, count: TokenCounter) -> str:
     return summary
 
 
-def _system_text(spec: AgentSpec, extra: str, notes: list[NoteView], summary: str) -> str:
-    parts = [spec.system_prompt.strip()]
+def _system_text(definition: AgentDefinition, extra: str, notes: list[NoteView], summary: str) -> str:
+    parts = [definition.system_prompt.strip()]
     if extra:
         parts.append(extra)
     if notes:

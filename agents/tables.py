@@ -1,4 +1,4 @@
-"""The agents' tables: the inbox, chat sessions and their turns, pinned notes, which
+"""The agents' tables: chat sessions and their turns, pinned notes, which
 agent a chat uses, enabled agents, scheduled jobs and their run history.
 
 Compaction never deletes a turn: a session's summary only records how far it reaches
@@ -15,28 +15,6 @@ from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aibox.store.schema import Base, utcnow
-
-
-class InboxMessage(Base):
-    """An inbound message, stored before the platform is told it arrived."""
-
-    __tablename__ = "agent_inbox"
-
-    key: Mapped[str] = mapped_column(String(320), primary_key=True)
-    platform: Mapped[str] = mapped_column(String(32))
-    chat_id: Mapped[str] = mapped_column(String(128))
-    sender_id: Mapped[str] = mapped_column(String(128))
-    message_id: Mapped[str] = mapped_column(String(128))
-    sender_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    text: Mapped[str] = mapped_column(Text, default="")
-    reply_to: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    is_direct: Mapped[bool] = mapped_column(Boolean, default=True)
-    mentions_bot: Mapped[bool] = mapped_column(Boolean, default=False)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    reply_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ChatSession(Base):

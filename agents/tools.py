@@ -44,7 +44,7 @@ class ToolContext:
     agent: str
     timezone: str
     notes: Any = None  # agents.sessions.Sessions
-    jobs: Any = None  # agents.jobs.Jobs
+    jobs: Any = None  # agents.scheduled_jobs.ScheduledJobs
 
 
 class _Args(BaseModel):

@@ -3,6 +3,7 @@
 The file is found from `--config`, then `AIBOX_CONFIG`, then the platform's usual
 config dir. With no file at all the box runs on defaults. A bad file stops start-up
 with a message naming the key and the problem, never a traceback.
+May import: aibox.secrets.
 """
 
 from __future__ import annotations

@@ -1,5 +1,14 @@
-"""The daemon: one asyncio process that owns the store, the models, the HTTP API on
-loopback and the admin API on a UNIX socket, from start-up to a clean stop."""
+"""The daemon: builds the box's parts, hands each exactly what it uses, and runs them from
+start-up to a clean stop. Only the CLI (`aibox run`) imports this module.
+
+How a message travels, and who builds what (README, "How it fits together"):
+
+    connector -> gateway (policy, inbox) -> agent runner -> router -> pool -> runtime
+    reply <- outbound path (reply streamer, journal) <- every kind of answer
+
+The HTTP API enters at the router too; the admin API (UNIX socket) reads and changes the
+parts through their own methods.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +16,40 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from starlette.routing import BaseRoute
-
-from agents.service import Agents
+from agents.long_answers import LongAnswers
+from agents.registry import Registry
+from agents.runner import AgentRunner, RunnerSettings
+from agents.scheduled_jobs import ScheduledJobs
+from agents.sessions import Sessions
 from aibox import __version__
 from aibox.api.admin import build_admin_app
-from aibox.api.connectors import connector_routes
-from aibox.api.openai import build_app
+from aibox.api.agents import agent_routes
+from aibox.api.openai import ApiSettings, build_app
+from aibox.api.pairing import pairing_routes
+from aibox.api.router import router_routes
 from aibox.api.server import EmbeddedServer, bind_tcp, bind_unix, make_server
 from aibox.config import Config, ConfigError, load_config
 from aibox.logs import setup_logging
 from aibox.metrics import Metrics
 from aibox.notify import Notifier
 from aibox.router import Router
+from aibox.router.candidates import CandidateSource
+from aibox.router.estimator import Estimator, LengthModel
+from aibox.router.fallback import Backends
 from aibox.secrets import SecretError
 from aibox.store import Store
-from aibox.store.schema import Generation
+from aibox.usage import UsageLog
+from connectors.inbox import Inbox
 from connectors.manager import ConnectorManager
-from models.catalog import Catalog, ModelCard
+from connectors.outbound import Outbound
+from models.catalog import Catalog
 from models.files import is_present
 from models.pool import ModelPool, PoolSettings
-from models.runtime import GenerationStats
+from models.remote import RemoteModels
 
 log = logging.getLogger("aibox.daemon")
 
@@ -39,6 +58,30 @@ IDLE_CHECK_S = 30.0
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
+
+
+def runner_settings(config: Config) -> RunnerSettings:
+    return RunnerSettings(
+        default_model=config.default_model, default_agent=config.agents.default_agent,
+        timezone=config.agents.timezone, max_tokens=config.runtime.max_tokens,
+    )
+
+
+@dataclass
+class Parts:
+    """Everything `start` builds on the open store, in the order data flows through it."""
+
+    store: Store
+    usage: UsageLog
+    router: Router
+    inbox: Inbox
+    outbound: Outbound
+    registry: Registry
+    sessions: Sessions
+    long_answers: LongAnswers
+    runner: AgentRunner
+    connectors: ConnectorManager
+    jobs: ScheduledJobs
 
 
 class Daemon:
@@ -64,21 +107,16 @@ class Daemon:
             on_finished=self.metrics.observe,
         )
         self.metrics.add_live_gauges(lambda: {name: w.depth for name, w in self.pool.loaded.items()})
-        self.store: Store | None = None
-        self.admin_routes: list[BaseRoute] = []
-        self.connectors: ConnectorManager | None = None
-        self.admin_routes.extend(connector_routes(self))
-        self.agents: Agents | None = None
-        self.router: Router | None = None
+        self.parts: Parts | None = None
         self.ready = False
         self.started_at = time.time()
         self.api_address: tuple[str, int] | None = None
+        self.recovered = 0
         self._servers: list[EmbeddedServer] = []
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self.notifier = Notifier()
-        self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
 
     def _resolve_api_key(self) -> str | None:
         api = self.config.api
@@ -95,14 +133,37 @@ class Daemon:
         except SecretError as e:
             raise ConfigError(f"key 'api.api_key': {e}") from None
 
+    # -- building the parts ---------------------------------------------------
+
+    def build(self, store: Store) -> Parts:
+        """Wires the parts on an open store; nothing runs until `start` starts them."""
+        config = self.config
+        usage = UsageLog(store)
+        remotes = RemoteModels(self.catalog)
+        router = Router(
+            CandidateSource(self.catalog, config.models_path, store, self.pool, remotes, config.state_path, config.threads),
+            Estimator(LengthModel.load(), store),
+            config.default_model,
+            Backends(self.catalog, self.pool, remotes, usage),
+        )
+        inbox = Inbox(store)
+        outbound = Outbound(inbox)
+        registry = Registry(store, config.state_path / "agents")
+        sessions = Sessions(store)
+        long_answers = LongAnswers(outbound)
+        runner = AgentRunner(registry, sessions, router, runner_settings(config), long_answers=long_answers, inbox=inbox)
+        connectors = ConnectorManager(config, store, runner, inbox=inbox, outbound=outbound)
+        jobs = ScheduledJobs(store, outbound.deliver, runner.ask, connectors.alert_owner, config.agents.timezone)
+        runner.jobs = jobs
+        return Parts(store, usage, router, inbox, outbound, registry, sessions, long_answers, runner, connectors, jobs)
+
     # -- life cycle -----------------------------------------------------------
 
     async def start(self) -> None:
         self.config.state_path.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.notifier.status("opening the database")
-        self.store = await asyncio.to_thread(Store.open, self.config.store_url)
-        self.router = Router.for_daemon(self)
-        self.admin_routes.extend(self.router.routes())
+        store = await asyncio.to_thread(Store.open, self.config.store_url)
+        parts = self.parts = self.build(store)
         default = self.catalog.get(self.config.default_model)
         if default.is_local and not is_present(default, self.config.models_path):
             raise StartupError(
@@ -110,18 +171,28 @@ class Daemon:
             )
         self.notifier.status(f"loading {default.name}")
         await self.pool.worker(default.name)
-        self.agents = Agents(self)
-        self.admin_routes.extend(self.agents.routes())
-        await self._serve(build_app(self), bind_tcp(self.host, self.port))
+        api = ApiSettings(self.config.default_model, self.config.runtime.max_tokens, self.config.api.max_body_bytes, self.api_key)
+        app = build_app(api, parts.router, self.catalog, self.metrics, loaded=lambda: self.pool.loaded, ready=lambda: self.ready)
+        await self._serve(app, bind_tcp(self.host, self.port))
         api_sock = self._servers[-1].servers[0].sockets[0]
         self.api_address = api_sock.getsockname()[:2]
-        await self._serve(build_admin_app(self), bind_unix(self.config.admin_socket))
+        admin_routes = [
+            *pairing_routes(parts.connectors),
+            *agent_routes(parts.registry, parts.jobs, self.sync_schedules),
+            *router_routes(parts.router),
+        ]
+        await self._serve(build_admin_app(self.status, self.catalog, self.pool, admin_routes), bind_unix(self.config.admin_socket))
         self._tasks.append(asyncio.create_task(self._reap_idle_models(), name="reap-idle"))
+        keep = timedelta(days=self.config.agents.inbox_retention_days)
+        self._tasks.append(asyncio.create_task(parts.inbox.prune_daily(keep), name="inbox-prune"))
         if self.config.connectors:
             self.notifier.status("starting chat connectors")
-            self.connectors = ConnectorManager(self.config, self.store, self.agents.runner, inbox=self.agents.inbox)
-            await self.connectors.start()
-        await self.agents.start()
+            await parts.connectors.start()
+        # Only now, with every connector running to deliver their answers: scheduled jobs,
+        # and the messages the last run left unanswered.
+        parts.jobs.start()
+        self.sync_schedules()
+        self.recovered, _ = await parts.connectors.gateway.replay()
         self.ready = True
         log.info("ready", extra={"api": f"http://{self.api_address[0]}:{self.api_address[1]}", "version": __version__})
 
@@ -181,7 +252,7 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-reads the config file without closing a connection: logging applies at once,
-        reload hooks (agents, connectors) get the new config, and settings bound at start
+        agents are re-read and the runner gets the new settings; settings bound at start
         (listen address, state dir, database) are reported as needing a restart. A bad file
         is logged and the running config kept."""
         self.notifier.reloading()
@@ -198,25 +269,21 @@ class Daemon:
             log.warning("changed settings apply after a restart", extra={"keys": needs_restart})
         setup_logging(new.logging.level, new.logging.format, new.logs_path)
         self.config = new
-        if self.agents is not None:
-            await asyncio.to_thread(self.agents.registry.reload)
-            self.agents.sync_agent_schedules()
-        for hook in self.reload_hooks:
-            try:
-                await hook(new)
-            except Exception:
-                log.exception("reload hook failed", extra={"hook": getattr(hook, "__qualname__", repr(hook))})
+        if self.parts is not None:
+            self.parts.runner.settings = runner_settings(new)
+            await asyncio.to_thread(self.parts.registry.reload)
+            self.sync_schedules()
         log.info("config reloaded", extra={"source": str(new.source) if new.source else None})
         self.notifier.ready(status=self._status_line())
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self.agents is not None:
-            await self.agents.stop()
-        if self.connectors is not None:
-            await self.connectors.stop()
-        if self.router is not None:
-            await self.router.close()
+        parts = self.parts
+        if parts is not None:
+            await parts.long_answers.close()  # what they had not posted is written again after the restart
+            await parts.jobs.shutdown()
+            await parts.connectors.stop()
+            await parts.router.close()
         for server in self._servers:
             server.should_exit = True
         for task in self._tasks:
@@ -227,44 +294,30 @@ class Daemon:
         if self._background:
             await asyncio.wait(self._background, timeout=10)
         await self.pool.close()
-        if self.store is not None:
-            self.store.close()
+        if parts is not None:
+            await parts.usage.drain()
+            parts.store.close()
         self.config.admin_socket.unlink(missing_ok=True)
         log.info("stopped")
 
-    # -- shared services ------------------------------------------------------
+    # -- what the admin API reads and asks -----------------------------------
 
-    def model_available(self, card: ModelCard) -> bool:
-        return (not card.is_local) or is_present(card, self.config.models_path)
-
-    def record(self, model: str, stats: GenerationStats, *, source: str, sender: str | None = None, agent: str | None = None) -> None:
-        """Stores a finished generation's figures (never its text) without blocking the loop."""
-        if self.store is None:
+    def sync_schedules(self) -> None:
+        """Brings the agent files' schedules up to date with the agents and connectors."""
+        if self.parts is None:
             return
-        row = Generation(
-            model=model,
-            source=source,
-            sender=sender,
-            agent=agent,
-            prompt_tokens=stats.prompt_tokens,
-            cached_tokens=stats.cached_tokens,
-            completion_tokens=stats.completion_tokens,
-            ttft_ms=stats.ttft_s * 1000 if stats.ttft_s is not None else None,
-            total_ms=stats.total_s * 1000,
-            finish_reason=stats.finish_reason,
-        )
+        connectors = self.parts.connectors
 
-        def write() -> None:
-            assert self.store is not None
-            with self.store.session() as s:
-                s.add(row)
+        def chat_for(platform: str, chat: str) -> str | None:
+            if platform not in connectors.settings:
+                return None
+            return connectors.owner_chat(platform) if chat == "owner" else chat
 
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(write))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.parts.jobs.sync_agents(self.parts.registry.all(), chat_for)
 
     def status(self) -> dict[str, Any]:
         loaded = self.pool.loaded
+        parts = self.parts
         return {
             "version": __version__,
             "ready": self.ready,
@@ -282,6 +335,12 @@ class Daemon:
                 for name, w in loaded.items()
             ],
             "state_dir": str(self.config.state_path),
-            "connectors": self.connectors.health() if self.connectors is not None else {},
-            "agents": self.agents.status() if self.agents is not None else None,
+            "connectors": parts.connectors.health() if parts is not None and self.config.connectors else {},
+            "agents": None if parts is None else {
+                "agents": [a.summary() | {"schedules": len(a.definition.schedules)} for a in parts.registry.all()],
+                "problems": parts.registry.problems,
+                "jobs": len(parts.jobs.list()),
+                "inbox": parts.inbox.counts(),
+                "recovered_at_start": self.recovered,
+            },
         }

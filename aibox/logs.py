@@ -4,6 +4,7 @@ with every known secret redacted on the way out, whatever path it took into the 
 Under systemd each stderr line starts with a `<N>` syslog priority, which journald strips
 and files as the entry's PRIORITY, so `journalctl -p warning` works. The same JSON lines
 also go to `aibox.log` in the logs dir (rotated), which `aibox logs [-f]` reads.
+May import: aibox.secrets.
 """
 
 from __future__ import annotations

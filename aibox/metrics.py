@@ -1,4 +1,5 @@
-"""Prometheus metrics of one daemon, in a registry of its own (tests run several daemons)."""
+"""Prometheus metrics of one daemon, in a registry of its own (tests run several daemons).
+May import: models."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from models.runtime import GenerationStats
+from models.stream import GenerationStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -65,7 +66,7 @@ class Metrics:
             self.observe_speculation(model, spec)
 
     def observe_speculation(self, model: str, spec: dict) -> None:
-        """Per-request figures from models.spec (SpecStats.as_dict())."""
+        """Per-request figures from models.speculative (SpecStats.as_dict())."""
         if spec["steps"]:
             self.spec_tau.labels(model).observe(spec["tau"])
         for position, drafted in enumerate(spec["position_drafted"]):

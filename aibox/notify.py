@@ -5,6 +5,7 @@ name written with a leading '@'). The daemon says READY=1 once models and connec
 up, STATUS= lines as it goes, STOPPING=1 on shutdown, and WATCHDOG=1 from its event loop
 at half of WATCHDOG_USEC: a loop that hangs stops the pings and systemd restarts the box.
 Outside systemd there is no socket and every call is a cheap no-op.
+May import: nothing of the box.
 """
 
 from __future__ import annotations

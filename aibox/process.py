@@ -1,5 +1,7 @@
 """A daemon in a child process, as systemd would run it: used by the benchmarks and the
-tests that need a real `aibox run` (signals, sockets, crash and restart)."""
+tests that need a real `aibox run` (signals, sockets, crash and restart).
+May import: nothing of the box.
+"""
 
 from __future__ import annotations
 

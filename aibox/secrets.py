@@ -8,6 +8,7 @@ A secret in the config is written as one of:
 
 Every resolved value is registered with `redact`, which the log formatter applies, so a
 token that reaches a log line by any path comes out as "***".
+May import: nothing of the box.
 """
 
 from __future__ import annotations

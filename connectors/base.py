@@ -2,17 +2,21 @@
 
 A connector turns its platform's events into `InboundMessage`s and hands each to the
 daemon's sink; replies go back through `send`, `edit` and `typing`. Everything
-platform-specific (wire format, limits, rate limits, reconnects) stays inside the
-connector's own module.
+platform-specific (wire format, limits, rate limits) stays inside the connector's own
+module; what they all do alike (their health, a webhook listener, reconnecting with
+backoff) is written once, here and in connectors/webhook.py and connectors/reconnect.py.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
+
+from aibox.secrets import redact
 
 HealthState = Literal["starting", "ok", "degraded", "failed", "stopped"]
 
@@ -66,14 +70,29 @@ class Connector(abc.ABC):
     max_text: int
     supports_edit: bool = True  # False: the reply streamer sends finished pieces instead of editing
 
+    def __init__(self) -> None:
+        self._health = Health("stopped")
+
     @abc.abstractmethod
     async def start(self, sink: MessageSink) -> None: ...
 
     @abc.abstractmethod
     async def stop(self) -> None: ...
 
-    @abc.abstractmethod
-    def health(self) -> Health: ...
+    def health(self) -> Health:
+        return self._health
+
+    def _set_health(self, state: HealthState, detail: str) -> None:
+        """Records a new state for `aibox status`. The detail is redacted, since it often
+        quotes a platform's error and those can echo a token; a repeat of the current
+        state is no change (`since` keeps its time) and is not logged again."""
+        detail = redact(detail)
+        if state == self._health.state and detail == self._health.detail:
+            return
+        level = {"failed": logging.ERROR, "degraded": logging.WARNING}.get(state, logging.INFO)
+        log = logging.getLogger(type(self).__module__)
+        log.log(level, "%s connector %s%s", self.platform, state, f": {detail}" if detail else "")
+        self._health = Health(state, detail)
 
     @abc.abstractmethod
     async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:

@@ -6,8 +6,9 @@ write needs the privileged message-content intent, switched on in the developer 
 
 discord.py reconnects its gateway by itself (RESUME, exponential backoff with jitter).
 When it gives up (a close code it will not retry, an unexpected exception) this
-connector starts a fresh client after its own backoff, so one bad event never ends the
-connector. A rejected token is final: health() says so and the daemon carries on.
+connector starts a fresh client after its own backoff (connectors/reconnect.py), so one
+bad event never ends the connector. A rejected token is final: health() says so and
+the daemon carries on.
 
 Sends carry a nonce with `enforce_nonce`, and a send whose connection dropped is retried
 with the same nonce, so Discord returns the first message instead of posting it twice.
@@ -26,9 +27,9 @@ import yarl
 from pydantic import Field
 
 from aibox.secrets import Secret, SecretError
-from connectors.base import Attachment, Connector, Health, HealthState, InboundMessage, MessageSink
+from connectors.base import Attachment, Connector, InboundMessage, MessageSink
 from connectors.errors import ConnectorError, RateLimited, TransientError
-from connectors.reply import RetryPolicy
+from connectors.reconnect import Reconnect, Reconnecting
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger(__name__)
@@ -91,21 +92,17 @@ class DiscordConnector(Connector):
     settings_model = DiscordSettings
 
     def __init__(self, settings: DiscordSettings) -> None:
+        super().__init__()
         self.settings = settings
-        self._health = Health("stopped")
         self._sink: MessageSink | None = None
         self._client: _Client | None = None
         self._logged_in = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._stopping = False
-        self._runner: asyncio.Task[None] | None = None
-        self._backoff = RetryPolicy(base_delay=1.0, max_delay=settings.reconnect_max_delay_s)
+        self._sessions = Reconnecting(self, max_delay=settings.reconnect_max_delay_s)
 
     # lifecycle
 
     async def start(self, sink: MessageSink) -> None:
         self._sink = sink
-        self._stopping = False
         self._set_health("starting", "connecting to Discord")
         try:
             token = self.settings.token.get()
@@ -113,82 +110,58 @@ class DiscordConnector(Connector):
             self._set_health("failed", f"connectors.discord.token: {e}")
             return
         point_discord_at(self.settings.api_base, self.settings.gateway_url)
-        self._settled.clear()
-        self._runner = asyncio.create_task(self._run(token), name="discord-connector")
-        try:
-            await asyncio.wait_for(self._settled.wait(), self.settings.start_timeout_s)
-        except asyncio.TimeoutError:
-            if self._health.state == "starting":
-                self._set_health("degraded", f"gateway not ready after {self.settings.start_timeout_s:g} s; still trying")
+        self._sessions.start(lambda: self._session(token), name="discord-connector")
+        wait = self.settings.start_timeout_s
+        if not await self._sessions.wait_settled(wait) and self._health.state == "starting":
+            self._set_health("degraded", f"gateway not ready after {wait:g} s; still trying")
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._sessions.stopping = True  # closing the client ends its session: not one to retry
         client = self._client
         if client is not None:
             await client.close()
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-            self._runner = None
+        await self._sessions.stop()
         self._logged_in.clear()
         self._set_health("stopped", "")
 
-    def health(self) -> Health:
-        return self._health
-
-    async def _run(self, token: str) -> None:
-        """One discord.py client after another until stopped or the token is refused."""
-        failures = 0
-        while not self._stopping:
-            client = _Client(self)
-            self._client = client
-            try:
-                await client.login(token)
-                self._logged_in.set()
-                await client.connect(reconnect=True)
-            except discord.LoginFailure:
-                self._fail("connectors.discord.token was rejected by Discord (401 Unauthorized)")
+    async def _session(self, token: str) -> None:
+        """One discord.py client, until it ends; the next one follows unless the
+        connector is stopping or the token was refused."""
+        client = _Client(self)
+        self._client = client
+        try:
+            await client.login(token)
+            self._logged_in.set()
+            await client.connect(reconnect=True)
+        except discord.LoginFailure:
+            self._fail("connectors.discord.token was rejected by Discord (401 Unauthorized)")
+            return
+        except discord.PrivilegedIntentsRequired:
+            self._fail("the Message Content intent is not enabled for this bot in the developer portal")
+            return
+        except discord.ConnectionClosed as e:
+            if e.code == 4004:
+                self._fail("connectors.discord.token was rejected by the gateway (4004)")
                 return
-            except discord.PrivilegedIntentsRequired:
-                self._fail("the Message Content intent is not enabled for this bot in the developer portal")
-                return
-            except discord.ConnectionClosed as e:
-                if e.code == 4004:
-                    self._fail("connectors.discord.token was rejected by the gateway (4004)")
-                    return
-                self._set_health("degraded", f"gateway closed with code {e.code}; reconnecting")
-            except Exception as e:  # anything discord.py gives up on: restart a fresh client
-                log.warning("discord client stopped: %s", _describe(e))
-                self._set_health("degraded", f"{_describe(e)}; reconnecting")
-            finally:
-                self._logged_in.clear()
-                await client.close()
-            if self._stopping:
-                return
-            failures += 1
-            delay = self._backoff.backoff(min(failures, 10))
-            log.info("restarting the discord client in %.1f s", delay)
-            await asyncio.sleep(delay)
+            raise Reconnect(f"gateway closed with code {e.code}") from None
+        except Exception as e:  # anything discord.py gives up on: restart a fresh client
+            raise Reconnect(f"discord client stopped: {_describe(e)}") from None
+        finally:
+            self._logged_in.clear()
+            await client.close()
+        raise Reconnect("discord client stopped")
 
     def _connected(self) -> None:
         self._set_health("ok", "gateway connected")
-        self._settled.set()
+        self._sessions.settle()
 
     def _disconnected(self) -> None:
         if self._health.state == "ok":
             self._set_health("degraded", "gateway disconnected; reconnecting")
 
     def _fail(self, detail: str) -> None:
-        log.error("discord connector cannot run: %s", detail)
         self._set_health("failed", detail)
-        self._settled.set()
-
-    def _set_health(self, state: HealthState, detail: str) -> None:
-        if self._health.state != state or self._health.detail != detail:
-            self._health = Health(state, detail)
+        self._sessions.settle()
 
     # inbound
 

@@ -1,11 +1,13 @@
-"""The gateway between the connectors and the daemon: access control, then the answer.
+"""The gateway between the connectors and the agent runner: access control, the inbox,
+then the answer.
 
-Every connector hands its inbound messages to `Gateway.sink_for(connector)`. The
+Every connector hands its inbound messages to the sink `Gateway.attach` returns. The
 gateway drops repeats (platforms redeliver after a reconnect), decides who may command
 the box (connectors/policy.py), hands pairing codes to unknown senders, keeps one
-sender from monopolising the box, answers `/pairing` itself, and streams everything
-else to the daemon's responder and its answer back through connectors/reply.py. Each
-decision lands in the audit log.
+sender from monopolising the box, answers `/pairing` itself, stores what will be
+answered in the inbox, and streams it to the responder (the agent runner), whose answer
+goes back through the outbound path (connectors/outbound.py). Each decision lands in the
+audit log. After a crash, `replay` answers what the inbox still holds.
 
 The sink returns as soon as the decision is made; answers run as tasks, one at a time
 per chat so that a chat's replies arrive in the order its questions did.
@@ -17,29 +19,20 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
 
-from connectors.audit import AuditLog
+from connectors.audit_log import AuditLog
 from connectors.base import Connector, InboundMessage, MessageSink
 from connectors.errors import ConnectorError
+from connectors.inbox import Inbox
+from connectors.outbound import Outbound
 from connectors.pairing import Pairing, PairingError
 from connectors.policy import SenderRateLimit, command_name, decide, sender_role
-from connectors.reply import ChatPacer, ReplyStreamer
+from connectors.reply import ReplyStreamer
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger(__name__)
 
 Responder = Callable[[InboundMessage], AsyncIterator[str]]
-
-
-class Inbox(Protocol):
-    """Where answered messages are kept (agents/inbox.py): stored before the platform is
-    acknowledged, marked answered after delivery, replayed after a crash."""
-
-    async def admit(self, msg: InboundMessage) -> bool: ...
-    async def answered(self, msg: InboundMessage) -> None: ...
-    def release(self, msg: InboundMessage) -> None: ...
-    def journal(self, connector: Connector) -> Connector: ...
 
 SLOW_DOWN = "You're sending messages faster than I can answer. Please slow down a little and try again in a minute."
 ADMIN_ONLY = "Sorry, that command is only for the owner and admins of this box."
@@ -57,24 +50,26 @@ def pairing_text(code: str) -> str:
 
 class Gateway:
     def __init__(
-        self, pairing: Pairing, audit: AuditLog, responder: Responder, remember: int = 20_000, inbox: Inbox | None = None
+        self, pairing: Pairing, audit: AuditLog, responder: Responder, *, inbox: Inbox | None = None,
+        outbound: Outbound | None = None, remember: int = 20_000,
     ) -> None:
         self.inbox = inbox
+        self.outbound = outbound if outbound is not None else Outbound(inbox)
         self.pairing = pairing
         self.audit = audit
         self.responder = responder
         self._remember = remember
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._connectors: dict[str, tuple[Connector, ConnectorSettings, ReplyStreamer, SenderRateLimit]] = {}
+        self._connectors: dict[str, tuple[ConnectorSettings, SenderRateLimit]] = {}
         self._chat_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self, connector: Connector, settings: ConnectorSettings, streamer: ReplyStreamer | None = None) -> MessageSink:
-        """Registers a connector and returns the sink it must hand its messages to."""
+        """Registers a connector and returns the sink it must hand its messages to;
+        `streamer` replaces the outbound path's default for this connector."""
         limiter = SenderRateLimit(settings.rate_limit_per_minute, settings.rate_limit_burst)
-        outbound = self.inbox.journal(connector) if self.inbox is not None else connector
-        streamer = streamer or ReplyStreamer(outbound, pacer=ChatPacer(settings.edit_interval_s))
-        self._connectors[connector.platform] = (connector, settings, streamer, limiter)
+        self.outbound.attach(connector, settings, streamer)
+        self._connectors[connector.platform] = (settings, limiter)
 
         async def sink(msg: InboundMessage) -> None:
             await self.handle(msg)
@@ -84,7 +79,7 @@ class Gateway:
     async def handle(self, msg: InboundMessage, recovered: bool = False) -> None:
         """`recovered`: a message replayed from the inbox after a restart; it was let
         through once already, so the sender's rate limit does not apply again."""
-        connector, settings, streamer, limiter = self._connectors[msg.platform]
+        settings, limiter = self._connectors[msg.platform]
         if self._repeat(msg.key):
             self._audit(msg, "duplicate")
             return
@@ -97,37 +92,37 @@ class Gateway:
         if verdict != "ok":
             self._audit(msg, "rate_limited", "warned" if verdict == "warn" else "dropped")
             if verdict == "warn":
-                self._spawn(msg, streamer.send_text(msg.chat_id, SLOW_DOWN, msg.message_id))
+                self._spawn(msg, self.outbound.send_text(msg.platform, msg.chat_id, SLOW_DOWN, msg.message_id))
             return
         if decision.action == "pair":
-            await self._offer_pairing(msg, streamer)
+            await self._offer_pairing(msg)
             return
         if decision.action == "refuse":
             self._audit(msg, decision.reason, f"command /{command_name(msg.text)}")
             refusal = GROUP_ADMIN_ONLY if decision.reason == "group_setting_denied" else ADMIN_ONLY
-            self._spawn(msg, streamer.send_text(msg.chat_id, refusal, msg.message_id))
+            self._spawn(msg, self.outbound.send_text(msg.platform, msg.chat_id, refusal, msg.message_id))
             return
         if command_name(msg.text) == "pairing":
             self._audit(msg, "admin_command", "command /pairing")
-            self._spawn(msg, streamer.send_text(msg.chat_id, self._pairing_command(msg.text), msg.message_id))
+            self._spawn(msg, self.outbound.send_text(msg.platform, msg.chat_id, self._pairing_command(msg.text), msg.message_id))
             return
         if self.inbox is not None and not await self.inbox.admit(msg):
             self._audit(msg, "duplicate", "already answered")
             return
         self._audit(msg, decision.reason, f"role {decision.role}")
-        self._spawn(msg, self._answer(msg, streamer))
+        self._spawn(msg, self._answer(msg))
 
-    async def _offer_pairing(self, msg: InboundMessage, streamer: ReplyStreamer) -> None:
+    async def _offer_pairing(self, msg: InboundMessage) -> None:
         pending = self.pairing.request(msg.platform, msg.sender_id, msg.chat_id, msg.sender_name)
         if pending is None:
             self._audit(msg, "pairing_refused", PAIRING_FULL_DETAIL)
             return
         self._audit(msg, "pairing_code_sent")
-        self._spawn(msg, streamer.send_text(msg.chat_id, pairing_text(pending.code), msg.message_id))
+        self._spawn(msg, self.outbound.send_text(msg.platform, msg.chat_id, pairing_text(pending.code), msg.message_id))
 
-    async def _answer(self, msg: InboundMessage, streamer: ReplyStreamer) -> None:
+    async def _answer(self, msg: InboundMessage) -> None:
         try:
-            delivered = await streamer.stream(msg.chat_id, self.responder(msg), msg.message_id)
+            delivered = await self.outbound.stream(msg.platform, msg.chat_id, self.responder(msg), msg.message_id)
         except BaseException:
             if self.inbox is not None:
                 self.inbox.release(msg)
@@ -141,14 +136,20 @@ class Gateway:
             else:
                 self.inbox.release(msg)
 
-    async def deliver(self, platform: str, chat_id: str, text: str) -> None:
-        """Sends a message the box starts itself (a scheduled job, an alert)."""
-        entry = self._connectors.get(platform)
-        if entry is None:
-            raise ConnectorError(f"no running {platform} connector")
-        delivered = await entry[2].send_text(chat_id, text)
-        if delivered.error is not None:
-            raise delivered.error
+    async def replay(self) -> tuple[int, int]:
+        """Answers the messages the last run left unanswered (a crash, a kill -9), once
+        each, on the platforms that are running; returns (replayed, still waiting)."""
+        if self.inbox is None:
+            return 0, 0
+        pending = await asyncio.to_thread(self.inbox.pending)
+        replayed = 0
+        for msg in pending:
+            if msg.platform in self._connectors:
+                await self.handle(msg, recovered=True)
+                replayed += 1
+        if pending:
+            log.info("answering messages left unanswered by the last run", extra={"count": replayed, "waiting": len(pending) - replayed})
+        return replayed, len(pending) - replayed
 
     def _spawn(self, msg: InboundMessage, work: object) -> None:
         """Runs a reply after any earlier one in the same chat has finished."""
@@ -188,12 +189,10 @@ class Gateway:
 
     def notify_approved(self, platform: str, chat_id: str | None) -> None:
         """Tells a newly approved sender they can start, when their connector is running."""
-        entry = self._connectors.get(platform)
-        if entry is None or chat_id is None:
+        if platform not in self._connectors or chat_id is None:
             return
-        streamer = entry[2]
         task = asyncio.get_running_loop().create_task(
-            streamer.send_text(chat_id, "You're approved: you can talk to this box now.")
+            self.outbound.send_text(platform, chat_id, "You're approved: you can talk to this box now.")
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -23,9 +23,12 @@ from pydantic import ValidationError
 from aibox.config import Config, ConfigError, describe_validation_error
 from aibox.secrets import redact
 from aibox.store import Store
-from connectors.audit import AuditLog
+from connectors.audit_log import AuditLog
 from connectors.base import Connector, Health
-from connectors.gateway import Gateway, Inbox, Responder
+from connectors.errors import ConnectorError
+from connectors.gateway import Gateway, Responder
+from connectors.inbox import Inbox
+from connectors.outbound import Outbound
 from connectors.pairing import Approved, Pairing, Pending
 from connectors.settings import ConnectorSettings
 
@@ -64,11 +67,17 @@ def load_settings(raw: dict[str, dict]) -> dict[str, ConnectorSettings]:
 
 
 class ConnectorManager:
-    def __init__(self, config: Config, store: Store, responder: Responder, inbox: Inbox | None = None) -> None:
+    """The chat side of the box: the connectors, their gateway and the outbound path
+    (`outbound`, which scheduled jobs, alerts and long answers post through too)."""
+
+    def __init__(
+        self, config: Config, store: Store, responder: Responder, inbox: Inbox | None = None, outbound: Outbound | None = None
+    ) -> None:
         self.settings = load_settings(config.connectors)
         self.pairing = Pairing(store, {name: s.owner for name, s in self.settings.items()})
         self.audit = AuditLog(store)
-        self.gateway = Gateway(self.pairing, self.audit, responder, inbox=inbox)
+        self.outbound = outbound if outbound is not None else Outbound(inbox)
+        self.gateway = Gateway(self.pairing, self.audit, responder, inbox=inbox, outbound=self.outbound)
         self.connectors: dict[str, Connector] = {}
         self._problems: dict[str, Health] = {}
 
@@ -117,6 +126,20 @@ class ConnectorManager:
                 h = Health("starting", "")
             report[name] = {"state": h.state, "detail": redact(h.detail), "since": _iso(h.since)}
         return report
+
+    def owner_chat(self, platform: str) -> str | None:
+        """Where the owner reads on a platform: their approved DM chat, else their configured id."""
+        for approved in self.pairing.approved():
+            if approved.platform == platform and approved.role == "owner" and approved.chat_id:
+                return approved.chat_id
+        settings = self.settings.get(platform)
+        return settings.owner if settings is not None else None
+
+    async def alert_owner(self, platform: str, text: str) -> None:
+        chat = self.owner_chat(platform)
+        if chat is None:
+            raise ConnectorError(f"no owner known on {platform}")
+        await self.outbound.deliver(platform, chat, text)
 
     def pending(self) -> list[Pending]:
         return self.pairing.pending()

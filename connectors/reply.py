@@ -162,6 +162,25 @@ class ReplyStreamer:
         """A whole text at once (pairing codes, notices), split and retried like a stream."""
         return await self.stream(chat_id, _once(text), reply_to)
 
+    async def edit_text(self, chat_id: str, message_id: str, text: str) -> str:
+        """Replaces a posted message's text (a long answer's status line), paced with every
+        other write to the chat and retried like them; a message that can no longer be
+        edited is sent anew. Returns the id of the message that now shows `text`."""
+        pace_key = f"{self.connector.platform}:{chat_id}"
+        hold = lambda seconds: self.pacer.hold(pace_key, seconds)  # noqa: E731
+        await self.pacer.wait_turn(pace_key)
+        try:
+            await call_with_retry(lambda: self.connector.edit(chat_id, message_id, text), self.policy, hold)
+            return message_id
+        except (RateLimited, TransientError):
+            raise
+        except ConnectorError as e:
+            if "not modified" in str(e).lower():
+                return message_id
+            log.info("cannot edit message %s in %s (%s): sending its text anew", message_id, pace_key, e)
+        await self.pacer.wait_turn(pace_key)
+        return await call_with_retry(lambda: self.connector.send(chat_id, text, None), self.policy, hold)
+
 
 class _Reply:
     def __init__(self, streamer: ReplyStreamer, chat_id: str, reply_to: str | None) -> None:

@@ -8,9 +8,10 @@ events, and this connector drops other bots' (no reply loops).
 
 slack-sdk's Socket Mode client would reconnect a lost connection at a fixed interval;
 this connector turns that off and reconnects itself with exponential backoff and
-jitter, so a Slack outage is not met by every box in lockstep (a refresh that Slack
-asks for with a `disconnect` message is still slack-sdk's to do). A rejected token is
-final: health() says which key and the daemon carries on.
+jitter (connectors/reconnect.py), so a Slack outage is not met by every box in
+lockstep (a refresh that Slack asks for with a `disconnect` message is still
+slack-sdk's to do). A rejected token is final: health() says which key and the daemon
+carries on.
 
 Replies go out as section blocks (3,000 characters each, mrkdwn) with the same text as
 the notification fallback; a 429 becomes `RateLimited` with Slack's Retry-After, so
@@ -38,11 +39,12 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from aibox.secrets import Secret, SecretError
-from connectors.base import Attachment, Connector, Health, HealthState, InboundMessage, MessageSink
+from connectors.base import Attachment, Connector, InboundMessage, MessageSink
 from connectors.chunking import split_text
 from connectors.errors import ConnectorError, RateLimited, TransientError
-from connectors.reply import RetryPolicy
+from connectors.reconnect import Reconnect, Reconnecting
 from connectors.settings import ConnectorSettings
+from connectors.webhook import WebhookListener
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +93,18 @@ class SlackConnector(Connector):
     settings_model = SlackSettings
 
     def __init__(self, settings: SlackSettings) -> None:
+        super().__init__()
         self.settings = settings
-        self._health = Health("stopped")
         self._sink: MessageSink | None = None
         self._client: AsyncWebClient | None = None
         self._http: aiohttp.ClientSession | None = None
         self._app: AsyncApp | None = None
         self._socket: AsyncSocketModeHandler | None = None
-        self._site_runner: web.AppRunner | None = None
+        self._listener: WebhookListener | None = None
         self._verifier: SignatureVerifier | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._settled = asyncio.Event()
         self._bot_user_id = ""
         self._thread_roots: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._backoff = RetryPolicy(base_delay=1.0, max_delay=settings.reconnect_max_delay_s)
+        self._sessions = Reconnecting(self, max_delay=settings.reconnect_max_delay_s)
         self.events_url: str | None = None
 
     # lifecycle
@@ -134,73 +134,56 @@ class SlackConnector(Connector):
         )
         self._app.event("message")(self._on_event)
         self._app.event("app_mention")(self._on_event)
-        self._settled.clear()
-        self._runner = asyncio.create_task(self._run(app_token), name="slack-connector")
-        try:
-            await asyncio.wait_for(self._settled.wait(), self.settings.start_timeout_s)
-        except asyncio.TimeoutError:
-            if self._health.state == "starting":
-                self._set_health("degraded", f"no answer from Slack after {self.settings.start_timeout_s:g} s; still trying")
+        self._sessions.start(lambda: self._session(app_token), name="slack-connector")
+        wait = self.settings.start_timeout_s
+        if not await self._sessions.wait_settled(wait) and self._health.state == "starting":
+            self._set_health("degraded", f"no answer from Slack after {wait:g} s; still trying")
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-            self._runner = None
+        await self._sessions.stop()
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
-        if self._site_runner is not None:
-            await self._site_runner.cleanup()
-            self._site_runner = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._http is not None:
             await self._http.close()
             self._http = None
         self._set_health("stopped", "")
 
-    def health(self) -> Health:
-        return self._health
-
-    async def _run(self, app_token: str | None) -> None:
-        """Authenticates, then keeps the event channel up until stopped or a token is refused."""
-        failures = 0
-        while True:
-            try:
-                if not self._bot_user_id:
-                    await self._authenticate()
-                if self.settings.mode == "http":
-                    await self._serve_http()
-                    self._connected("listening for Slack events at " + (self.events_url or ""))
-                    return
-                assert app_token is not None
-                await self._connect_socket(app_token)
-                self._connected("Socket Mode connected")
-                failures = 0
-                while await self._socket_alive():
-                    await asyncio.sleep(min(1.0, self.settings.ping_interval_s))
-                self._set_health("degraded", "Socket Mode connection lost; reconnecting")
-            except SlackApiError as e:
-                error = e.response.get("error") if isinstance(e.response.data, dict) else None
-                if error in FATAL_ERRORS:
-                    key = "bot_token" if not self._bot_user_id else "app_token"
-                    self._fail(f"connectors.slack.{key} was rejected by Slack ({error})")
-                    return
-                self._set_health("degraded", f"Slack answered {error or e.response.status_code}; retrying")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                self._set_health("degraded", f"cannot reach Slack ({type(e).__name__}); retrying")
-            except OSError as e:
-                where = "listen for events" if self.settings.mode == "http" else "reach Slack"
-                self._set_health("degraded", f"cannot {where}: {e.strerror or e}; retrying")
-            except Exception as e:  # whatever else goes wrong, keep the connector alive and say so
-                log.exception("slack connector error")
-                self._set_health("degraded", f"{type(e).__name__}: {e}; retrying")
-            failures += 1
-            delay = self._backoff.backoff(min(failures, 10))
-            log.info("reconnecting to slack in %.1f s", delay)
-            await asyncio.sleep(delay)
+    async def _session(self, app_token: str | None) -> None:
+        """Authenticates, then holds the event channel until it is lost (the next
+        session follows) or a token is refused (the end)."""
+        try:
+            if not self._bot_user_id:
+                await self._authenticate()
+            if self.settings.mode == "http":
+                await self._serve_http()
+                self._connected("listening for Slack events at " + (self.events_url or ""))
+                return
+            assert app_token is not None
+            await self._connect_socket(app_token)
+            self._connected("Socket Mode connected")
+            self._sessions.reset()
+            while await self._socket_alive():
+                await asyncio.sleep(min(1.0, self.settings.ping_interval_s))
+        except SlackApiError as e:
+            error = e.response.get("error") if isinstance(e.response.data, dict) else None
+            if error in FATAL_ERRORS:
+                key = "bot_token" if not self._bot_user_id else "app_token"
+                self._fail(f"connectors.slack.{key} was rejected by Slack ({error})")
+                return
+            raise Reconnect(f"Slack answered {error or e.response.status_code}") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise Reconnect(f"cannot reach Slack ({type(e).__name__})") from None
+        except OSError as e:
+            where = "listen for events" if self.settings.mode == "http" else "reach Slack"
+            raise Reconnect(f"cannot {where}: {e.strerror or e}") from None
+        except Exception as e:  # whatever else goes wrong, keep the connector alive and say so
+            log.exception("slack connector error")
+            raise Reconnect(f"{type(e).__name__}: {e}") from None
+        raise Reconnect("Socket Mode connection lost")
 
     async def _authenticate(self) -> None:
         assert self._client is not None
@@ -229,19 +212,11 @@ class SlackConnector(Connector):
         return client.connect_operation_lock.locked() or await client.is_connected()
 
     async def _serve_http(self) -> None:
-        web_app = web.Application(client_max_size=4 * 1024 * 1024)
-        web_app.router.add_post(self.settings.events_path, self._http_event)
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.events_host, self.settings.events_port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._site_runner = runner
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.events_url = f"http://{self.settings.events_host}:{port}{self.settings.events_path}"
+        s = self.settings
+        listener = WebhookListener(s.events_host, s.events_port, [("POST", s.events_path, self._http_event)])
+        await listener.start()
+        self._listener = listener
+        self.events_url = listener.url(s.events_path)
 
     async def _http_event(self, request: web.Request) -> web.Response:
         """bolt's endpoint, but checking the signature before the body is parsed: bolt
@@ -259,16 +234,11 @@ class SlackConnector(Connector):
 
     def _connected(self, detail: str) -> None:
         self._set_health("ok", detail)
-        self._settled.set()
+        self._sessions.settle()
 
     def _fail(self, detail: str) -> None:
-        log.error("slack connector cannot run: %s", detail)
         self._set_health("failed", detail)
-        self._settled.set()
-
-    def _set_health(self, state: HealthState, detail: str) -> None:
-        if self._health.state != state or self._health.detail != detail:
-            self._health = Health(state, detail)
+        self._sessions.settle()
 
     # inbound
 

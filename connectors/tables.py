@@ -1,14 +1,14 @@
-"""The connectors' tables: approved senders, pending pairing codes and the audit log.
+"""The connectors' tables: the inbox, approved senders, pending pairing codes and the audit log.
 
-None of them holds message text: the audit log records who, where and what was
-decided, never what was said.
+Only the inbox holds message text (until the retention period ends); the audit log records
+who, where and what was decided, never what was said. May import: aibox.store.schema.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String
+from sqlalchemy import Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aibox.store.schema import Base, utcnow
@@ -53,3 +53,25 @@ class AuditEntry(Base):
     sender_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     decision: Mapped[str] = mapped_column(String(48))
     detail: Mapped[str] = mapped_column(String(256), default="")
+
+
+class InboxMessage(Base):
+    """An inbound message, stored before the platform is told it arrived."""
+
+    __tablename__ = "agent_inbox"
+
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    sender_id: Mapped[str] = mapped_column(String(128))
+    message_id: Mapped[str] = mapped_column(String(128))
+    sender_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    reply_to: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    is_direct: Mapped[bool] = mapped_column(Boolean, default=True)
+    mentions_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reply_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -17,11 +17,11 @@ posts each update to `webhook_url`, with `webhook_secret` in a header that we ch
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import warnings
 from datetime import timedelta
-import hmac
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -41,10 +41,11 @@ from telegram.request import HTTPXRequest
 from telegram.warnings import PTBUserWarning
 
 from aibox.secrets import Secret, redact
-from connectors.base import Attachment, Connector, Health, InboundMessage, MessageSink
+from connectors.base import Attachment, Connector, InboundMessage, MessageSink
 from connectors.errors import ConnectorError, RateLimited, TransientError
-from connectors.reply import RetryPolicy
+from connectors.reconnect import Reconnect, Reconnecting
 from connectors.settings import ConnectorSettings
+from connectors.webhook import WebhookListener
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +90,19 @@ class TelegramConnector(Connector):
     settings_model = TelegramSettings
 
     def __init__(self, settings: TelegramSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.bot: Bot | None = None
-        self._health = Health("stopped")
         self._sink: MessageSink | None = None
         self._offset: int | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._backoff = RetryPolicy(base_delay=1.0, max_delay=30.0)
+        self._polling = Reconnecting(self, max_delay=30.0)
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._runner: web.AppRunner | None = None
+        self._listener: WebhookListener | None = None
         self._secret = ""
 
     async def start(self, sink: MessageSink) -> None:
         self._sink = sink
-        self._health = Health("starting")
+        self._set_health("starting", "connecting to Telegram")
         timeout = self.settings.request_timeout_s
         self.bot = Bot(
             self.settings.token.get(),
@@ -117,36 +117,34 @@ class TelegramConnector(Connector):
         try:
             await self._connect()
         except (InvalidToken, Forbidden) as e:
-            self._set("failed", f"Telegram rejected the bot token: {e}")
+            self._set_health("failed", f"Telegram rejected the bot token: {e}")
             return
         except TelegramError as e:
-            self._set("degraded", f"cannot reach Telegram yet, retrying: {e}")
-        self._task = asyncio.create_task(self._poll_forever(), name="telegram-poll")
+            self._set_health("degraded", f"cannot reach Telegram yet, retrying: {e}")
+        self._polling.start(self._poll, name="telegram-poll")
 
     async def _start_webhook(self) -> None:
         """Listens first, then tells Telegram where to post, so no update finds us deaf."""
         s = self.settings
         assert s.webhook_secret is not None and s.webhook_url is not None
         self._secret = s.webhook_secret.get()
-        app = web.Application(client_max_size=4 * 1024 * 1024)
-        app.router.add_post(s.webhook_path, self._webhook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
+        listener = WebhookListener(s.listen_host, s.listen_port, [("POST", s.webhook_path, self._webhook)])
         try:
-            await web.TCPSite(self._runner, s.listen_host, s.listen_port).start()
+            await listener.start()
         except OSError as e:
-            self._set("failed", f"cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}")
+            self._set_health("failed", f"cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}")
             return
+        self._listener = listener
         try:
             await self._bot.initialize()
             await self._bot.set_webhook(s.webhook_url, secret_token=self._secret, allowed_updates=["message"])
         except (InvalidToken, Forbidden) as e:
-            self._set("failed", f"Telegram rejected the bot token: {e}")
+            self._set_health("failed", f"Telegram rejected the bot token: {e}")
             return
         except TelegramError as e:
-            self._set("failed", f"Telegram refused the webhook {s.webhook_url}: {e}")
+            self._set_health("failed", f"Telegram refused the webhook {s.webhook_url}: {e}")
             return
-        self._set("ok", f"webhook as @{self._bot.username} on {s.listen_host}:{s.listen_port}{s.webhook_path}")
+        self._set_health("ok", f"webhook as @{self._bot.username} on {listener.url(s.webhook_path)}")
 
     async def _webhook(self, request: web.Request) -> web.Response:
         """One update from Telegram. A post without our secret is refused; a body that is
@@ -167,16 +165,13 @@ class TelegramConnector(Connector):
         assert self.bot is not None
         await self.bot.initialize()
         await self.bot.delete_webhook()
-        self._set("ok", f"polling as @{self.bot.username}")
+        self._set_health("ok", f"polling as @{self.bot.username}")
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()  # the webhook stays set: Telegram keeps updates until we are back
-            self._runner = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._listener is not None:
+            await self._listener.stop()  # the webhook stays set: Telegram keeps updates until we are back
+            self._listener = None
+        await self._polling.stop()
         if self.bot is not None:
             if self._offset is not None and self._health.state != "failed":
                 try:
@@ -184,10 +179,7 @@ class TelegramConnector(Connector):
                 except TelegramError as e:
                     log.info("could not confirm the last Telegram update on stop: %s", redact(str(e)))
             await self.bot.shutdown()
-        self._set("stopped", "")
-
-    def health(self) -> Health:
-        return self._health
+        self._set_health("stopped", "")
 
     async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
         reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True) if reply_to else None
@@ -224,30 +216,22 @@ class TelegramConnector(Connector):
         except TelegramError as e:
             raise ConnectorError(redact(str(e))) from None
 
-    async def _poll_forever(self) -> None:
-        failures = 0
+    async def _poll(self) -> None:
+        """Long polls until a poll fails; the next session reconnects first."""
         while True:
             try:
                 if self._health.state != "ok":
                     await self._connect()
                 updates = await self._get_updates(timeout=self.settings.poll_timeout_s)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
             except InvalidToken as e:
-                self._set("failed", f"Telegram rejected the bot token: {e}")
+                self._set_health("failed", f"Telegram rejected the bot token: {e}")
                 return
             except RetryAfter as e:
-                self._set("degraded", "Telegram asked us to slow down")
-                await asyncio.sleep(_seconds(e))
-                continue
+                raise Reconnect("Telegram asked us to slow down", retry_after=_seconds(e)) from None
             except Exception as e:  # network, conflict, bad answers: back off and reconnect
-                failures += 1
-                delay = self._backoff.backoff(min(failures, 8))
                 what = "another client is polling this bot" if isinstance(e, Conflict) else str(e)
-                self._set("degraded", f"polling failed ({what}); retrying in {delay:.1f} s")
-                await asyncio.sleep(delay)
-                continue
+                raise Reconnect(f"polling failed ({what})") from None
+            self._polling.reset()
             for update_id, update in updates:
                 await self._dispatch(update_id, update)
 
@@ -323,12 +307,6 @@ class TelegramConnector(Connector):
             if entity.type == MessageEntityType.BOT_COMMAND and value.lower().endswith(username):
                 return True
         return False
-
-    def _set(self, state: str, detail: str) -> None:
-        if state != self._health.state or detail != self._health.detail:
-            if state in ("failed", "degraded"):
-                log.warning("telegram connector %s: %s", state, redact(detail))
-            self._health = Health(state, redact(detail))  # type: ignore[arg-type]
 
 
 def _without_mention(text: str, mention: str) -> str:

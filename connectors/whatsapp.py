@@ -28,9 +28,10 @@ from aiohttp import web
 from pydantic import Field
 
 from aibox.secrets import Secret, redact
-from connectors.base import Attachment, Connector, Health, InboundMessage, MessageSink
+from connectors.base import Attachment, Connector, InboundMessage, MessageSink
 from connectors.errors import ConnectorError, RateLimited, TransientError
 from connectors.settings import ConnectorSettings
+from connectors.webhook import WebhookListener
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,29 @@ class WhatsAppConnector(Connector):
     settings_model = WhatsAppSettings
 
     def __init__(self, settings: WhatsAppSettings) -> None:
+        super().__init__()
         self.settings = settings
-        self._health = Health("stopped")
         self._sink: MessageSink | None = None
         self._client: httpx.AsyncClient | None = None
-        self._runner: web.AppRunner | None = None
+        self._listener = WebhookListener(
+            settings.listen_host,
+            settings.listen_port,
+            [("GET", settings.webhook_path, self._verify), ("POST", settings.webhook_path, self._event)],
+            max_body=8 * 1024 * 1024,
+        )
         self._app_secret = b""
         self._verify_token = ""
         self._last_inbound: dict[str, str] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.port = settings.listen_port
 
     @property
     def webhook_url(self) -> str:
-        return f"http://{self.settings.listen_host}:{self.port}{self.settings.webhook_path}"
+        """Where Meta posts (with the port actually bound when `listen_port` is 0)."""
+        return self._listener.url(self.settings.webhook_path)
 
     async def start(self, sink: MessageSink) -> None:
         self._sink = sink
-        self._health = Health("starting")
+        self._set_health("starting", "connecting to the Graph API")
         s = self.settings
         self._app_secret = s.app_secret.get().encode()
         self._verify_token = s.verify_token.get()
@@ -97,44 +103,29 @@ class WhatsAppConnector(Connector):
         except (RateLimited, TransientError) as e:
             graph_down = str(e)
         except ConnectorError as e:
-            self._set("failed", f"the Graph API refused the phone number or token: {e}")
+            self._set_health("failed", f"the Graph API refused the phone number or token: {e}")
             return
         try:
-            await self._listen()
+            await self._listener.start()
         except OSError as e:
-            self._set("failed", f"cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}")
+            self._set_health("failed", f"cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}")
             return
         if graph_down is None:
-            self._set("ok", f"webhook on {self.webhook_url}")
+            self._set_health("ok", f"webhook on {self.webhook_url}")
         else:
-            self._set("degraded", f"webhook on {self.webhook_url}; Graph API not reachable yet ({graph_down})")
+            self._set_health("degraded", f"webhook on {self.webhook_url}; Graph API not reachable yet ({graph_down})")
 
     async def _check_number(self) -> None:
         assert self._client is not None
         response = await self._request("GET", self.settings.phone_number_id, params={"fields": "display_phone_number"})
         log.info("whatsapp number %s ready", response.get("display_phone_number", "?"))
 
-    async def _listen(self) -> None:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_get(self.settings.webhook_path, self._verify)
-        app.router.add_post(self.settings.webhook_path, self._event)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.listen_port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        self._set("stopped", "")
-
-    def health(self) -> Health:
-        return self._health
+        self._set_health("stopped", "")
 
     async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
         body: dict[str, Any] = {
@@ -177,7 +168,7 @@ class WhatsAppConnector(Connector):
                 response = await self._client.request(method, path, **kwargs)
         except httpx.TransportError as e:
             if self._health.state == "ok":
-                self._set("degraded", f"webhook on {self.webhook_url}; Graph API unreachable ({type(e).__name__})")
+                self._set_health("degraded", f"webhook on {self.webhook_url}; Graph API unreachable ({type(e).__name__})")
             raise TransientError(f"Graph API unreachable: {type(e).__name__}") from None
         try:
             payload = response.json()
@@ -186,7 +177,7 @@ class WhatsAppConnector(Connector):
         error = payload.get("error") if isinstance(payload, dict) else None
         if response.is_success and error is None:
             if self._health.state == "degraded":
-                self._set("ok", f"webhook on {self.webhook_url}")
+                self._set_health("ok", f"webhook on {self.webhook_url}")
             return payload
         code = error.get("code") if isinstance(error, dict) else None
         detail = redact(str(error.get("message") if isinstance(error, dict) else response.reason_phrase))
@@ -227,11 +218,6 @@ class WhatsAppConnector(Connector):
                 except Exception:
                     log.exception("the gateway failed on WhatsApp message %s", message.message_id)
         return web.Response(text="ok")
-
-    def _set(self, state: str, detail: str) -> None:
-        if state in ("failed", "degraded"):
-            log.warning("whatsapp connector %s: %s", state, redact(detail))
-        self._health = Health(state, redact(detail))  # type: ignore[arg-type]
 
 
 def _messages(event: dict[str, Any]) -> list[InboundMessage]:

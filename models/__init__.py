@@ -1,1 +1,1 @@
-"""Local models: the catalog of model cards, model files, and the llama.cpp runtime."""
+"""Models: cards and catalog, model files, sampling, the llama.cpp runtime and pool, remote models, speculative decoding and DSpark. May import: models, aibox.config, aibox.secrets (not the rest of aibox, agents, connectors)."""

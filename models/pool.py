@@ -20,8 +20,10 @@ from pathlib import Path
 from models.catalog import Catalog, ModelCard
 from models.chat_template import Message
 from models.files import VerifyError, verify
-from models.runtime import GenerationStats, LocalModel, SamplingParams
-from models.spec.accelerator import Accelerator
+from models.runtime import LocalModel
+from models.sampling import SamplingParams
+from models.speculative.accelerator import Accelerator
+from models.stream import GenerationStats, TextStream
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,8 @@ class _Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
-class Stream:
-    """An answer being generated: iterate for text pieces; `stats` is set at the end.
-
-    Closing the stream early (or the consumer going away) cancels the generation."""
+class LocalStream(TextStream):
+    """An answer a worker thread is generating; pieces cross to asyncio through the job's queue."""
 
     def __init__(self, worker: "ModelWorker", job: _Job) -> None:
         self._worker = worker
@@ -97,9 +97,6 @@ class Stream:
                 yield item
         finally:
             self._job.cancel.set()
-
-    async def text(self) -> str:
-        return "".join([piece async for piece in self])
 
     def cancel(self) -> None:
         self._job.cancel.set()
@@ -134,7 +131,7 @@ class ModelWorker:
         with self._lock:
             return self._pending
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
+    def submit(self, prompt: list[int], params: SamplingParams) -> LocalStream:
         self.model.check_fits(prompt)
         with self._lock:
             if self._pending >= self.queue_size:
@@ -143,7 +140,7 @@ class ModelWorker:
         self.last_used = time.monotonic()
         job = _Job(prompt, params, asyncio.get_running_loop())
         self._jobs.put(job)
-        return Stream(self, job)
+        return LocalStream(self, job)
 
     def _retry_hint(self) -> float:
         return max(1.0, min(60.0, self._pending * 5.0))
@@ -254,7 +251,7 @@ class ModelPool:
         await asyncio.to_thread(worker.close)
         return True
 
-    async def stream(self, name: str, messages: Sequence[Message], params: SamplingParams) -> Stream:
+    async def stream(self, name: str, messages: Sequence[Message], params: SamplingParams) -> LocalStream:
         worker = await self.worker(name)
         prompt = await asyncio.to_thread(worker.model.chat_tokens, messages)
         return worker.submit(prompt, params)

@@ -1,8 +1,8 @@
 """Models served by another machine over the OpenAI-compatible chat API (vLLM, SGLang,
 llama.cpp's server), for cards with a `remote` section.
 
-A remote model streams like a local one (`RemoteStream` mirrors `models.pool.Stream`),
-so the router treats it as one more candidate: it keeps its own count of requests in
+A remote model streams like a local one (both are `models.stream.TextStream`s), so the
+router treats it as one more candidate: it keeps its own count of requests in
 flight and its own measured speed. Failures surface as `RemoteError` at once: refused
 connection and HTTP errors before any text, a server that goes away or stalls
 (`read_timeout_s` between chunks) during the answer, so the caller can fall back instead
@@ -21,7 +21,8 @@ import httpx
 
 from models.catalog import Catalog, ModelCard, RemoteEndpoint
 from models.chat_template import Message
-from models.runtime import GenerationStats, SamplingParams
+from models.sampling import SamplingParams
+from models.stream import GenerationStats, TextStream
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
@@ -55,18 +56,19 @@ def request_body(endpoint: RemoteEndpoint, messages: Sequence[Message], params: 
     }
     if params.top_k > 0:
         body["top_k"] = params.top_k
+    if params.min_p > 0:
+        body["min_p"] = params.min_p
     if params.seed is not None:
         body["seed"] = params.seed
     if params.stop:
         body["stop"] = list(params.stop)
-    grammar = getattr(params, "grammar", None)
-    if grammar:
-        body["grammar"] = grammar
+    if params.grammar:
+        body["grammar"] = params.grammar
     return body
 
 
-class RemoteStream:
-    """An answer streaming from a remote server: iterate for text; `stats` is set at the end."""
+class RemoteStream(TextStream):
+    """An answer streaming from a remote server over server-sent events."""
 
     def __init__(self, owner: "RemoteModel", response: httpx.Response, started: float, prompt_tokens: int) -> None:
         self._owner = owner
@@ -126,9 +128,6 @@ class RemoteStream:
         stats.total_s = time.perf_counter() - self._started
         self.stats = stats
         self._owner.observe(stats)
-
-    async def text(self) -> str:
-        return "".join([piece async for piece in self])
 
     async def _close(self) -> None:
         if not self._closed:

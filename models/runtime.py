@@ -14,7 +14,6 @@ import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
@@ -24,6 +23,8 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from models.catalog import ModelCard
 from models.chat_template import ChatTemplate, Message
 from models.kv_cache import SavedState, StateCache, common_prefix
+from models.sampling import SamplingParams
+from models.stream import GenerationStats
 
 log = logging.getLogger(__name__)
 
@@ -34,38 +35,6 @@ MIN_SAVE_TOKENS = 32
 
 class ContextLengthError(ValueError):
     """The prompt does not fit the model's context window."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    grammar: str | None = None  # GBNF: constrains the output (tool calls as JSON)
-    grammar_trigger: str | None = None  # regex over the output so far: the grammar applies once it matches
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    ttft_s: float | None = None
-    total_s: float = 0.0
-    finish_reason: str = "stop"
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def prefilled_tokens(self) -> int:
-        return self.prompt_tokens - self.cached_tokens
-
-    @property
-    def tokens_per_s(self) -> float:
-        decode_s = self.total_s - (self.ttft_s or 0.0)
-        return (self.completion_tokens - 1) / decode_s if self.completion_tokens > 1 and decode_s > 0 else 0.0
 
 
 class LocalModel:
@@ -190,12 +159,14 @@ class LocalModel:
             llama_cpp.llama_sampler_chain_add(sampler.sampler, lazy)
         elif params.grammar:
             sampler.add_grammar(self.llm._model, LlamaGrammar.from_string(params.grammar, verbose=False))
-        if params.temperature <= 0:
+        if params.greedy:
             sampler.add_greedy()
         else:
             if params.top_k > 0:
                 sampler.add_top_k(params.top_k)
             sampler.add_top_p(params.top_p, 1)
+            if params.min_p > 0:
+                sampler.add_min_p(params.min_p, 1)
             sampler.add_temp(params.temperature)
             sampler.add_dist(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         return sampler
@@ -221,7 +192,7 @@ class LocalModel:
         self.decode(prompt[stats.cached_tokens :])
         max_tokens = max(0, min(params.max_tokens, self.n_ctx - len(prompt)))
         sampler = self._sampler(params)
-        text = _TextStream(params.stop, on_text)
+        text = PieceDecoder(params.stop, on_text)
         try:
             stats.finish_reason = "length"
             while stats.completion_tokens < max_tokens:
@@ -250,8 +221,9 @@ class LocalModel:
         self.llm.close()
 
 
-class _TextStream:
-    """Bytes of token pieces in, whole UTF-8 text out, with stop strings cut off.
+class PieceDecoder:
+    """Bytes of token pieces in, whole UTF-8 text out, with stop strings cut off; plain and
+    speculative generation (`models.speculative.accelerator`) both emit through it.
 
     Text that could be the start of a stop string is held back until it is clear."""
 

@@ -1,1 +1,2 @@
-"""HTTP surfaces of the daemon: the OpenAI-compatible API (TCP) and the admin API (UNIX socket)."""
+"""Every HTTP route of the daemon: the OpenAI-compatible API (TCP, openai.py) and the admin API (UNIX socket: admin.py with pairing.py, agents.py, router.py).
+May import: aibox.config, aibox.secrets, aibox.metrics, aibox.router, aibox.usage, agents, connectors, models (never aibox.daemon)."""

@@ -1,41 +1,39 @@
 """The admin API, served only on the daemon's UNIX socket (mode 0660: root and the aibox
-group). The `aibox` CLI talks to it; nothing here is reachable over the network."""
+group). The `aibox` CLI talks to it; nothing here is reachable over the network. Its
+routes live beside this file by subject (pairing.py, agents.py, router.py); this module
+adds status and model unloading and assembles the app."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from aibox.api.errors import ApiError
-from models.catalog import CatalogError
-
-if TYPE_CHECKING:
-    from aibox.daemon import Daemon
+from aibox.api.errors import ApiError, api_error_response
+from models.catalog import Catalog, CatalogError
+from models.pool import ModelPool
 
 
-def build_admin_app(daemon: "Daemon") -> Starlette:
-    async def status(_request: Request) -> Response:
-        return JSONResponse(daemon.status())
+def build_admin_app(status: Callable[[], dict[str, Any]], catalog: Catalog, pool: ModelPool, routes: Sequence[BaseRoute]) -> Starlette:
+    """`status` is what `aibox status` shows; `routes` the subject routes to serve too."""
+
+    async def show_status(_request: Request) -> Response:
+        return JSONResponse(status())
 
     async def unload(request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            daemon.catalog.get(name)
+            catalog.get(name)
         except CatalogError as e:
             raise ApiError(404, str(e), code="model_not_found") from None
-        return JSONResponse({"model": name, "unloaded": await daemon.pool.unload(name)})
+        return JSONResponse({"model": name, "unloaded": await pool.unload(name)})
 
-    async def api_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    routes = [
-        Route("/status", status, methods=["GET"]),
+    own = [
+        Route("/status", show_status, methods=["GET"]),
         Route("/models/{name}/unload", unload, methods=["POST"]),
-        *daemon.admin_routes,
     ]
-    return Starlette(routes=routes, exception_handlers={ApiError: api_error})
+    return Starlette(routes=[*own, *routes], exception_handlers={ApiError: api_error_response})

@@ -11,8 +11,9 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
@@ -20,16 +21,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from aibox.api.errors import ApiError
-from aibox.metrics import CONTENT_TYPE
-from models.catalog import CatalogError
-from models.chat_template import TemplateRenderError
+from aibox.api.errors import ApiError, api_error_response
+from aibox.metrics import CONTENT_TYPE, Metrics
+from aibox.router import Router
 from aibox.router.fallback import AllModelsFailed, FallbackStream
-from models.pool import BusyError, ModelUnavailableError, Stream
-from models.runtime import ContextLengthError, GenerationStats, SamplingParams
-
-if TYPE_CHECKING:
-    from aibox.daemon import Daemon
+from aibox.usage import UsageTags
+from models.catalog import Catalog, CatalogError
+from models.chat_template import TemplateRenderError
+from models.pool import BusyError, ModelUnavailableError
+from models.runtime import ContextLengthError
+from models.sampling import SamplingParams
+from models.stream import GenerationStats, TextStream
 
 AUTO = "auto"
 
@@ -86,8 +88,21 @@ class ChatCompletionRequest(BaseModel):
         )
 
 
-def build_app(daemon: "Daemon") -> Starlette:
-    api = _Api(daemon)
+@dataclass(frozen=True)
+class ApiSettings:
+    default_model: str
+    max_tokens: int
+    max_body_bytes: int
+    api_key: str | None = None  # None: no key asked (loopback only)
+
+
+def build_app(
+    settings: ApiSettings, router: Router, catalog: Catalog, metrics: Metrics,
+    loaded: Callable[[], Collection[str]], ready: Callable[[], bool],
+) -> Starlette:
+    """The API's app: answers come from `router` (named models and `auto` alike);
+    `loaded` and `ready` are read for /v1/models and /readyz."""
+    api = _Api(settings, router, catalog, metrics, loaded, ready)
     routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/models", api.list_models, methods=["GET"]),
@@ -95,13 +110,7 @@ def build_app(daemon: "Daemon") -> Starlette:
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_allowed})
-    return app
-
-
-async def _api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return exc.response()
+    return Starlette(routes=routes, exception_handlers={ApiError: api_error_response, 404: _not_found, 405: _not_allowed})
 
 
 async def _not_found(request: Request, _exc: Exception) -> Response:
@@ -112,7 +121,7 @@ async def _not_allowed(request: Request, _exc: Exception) -> Response:
     return ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed").response()
 
 
-class _Started:
+class _Started(TextStream):
     """A routed answer whose first piece is already in hand, so that every candidate
     failing becomes an HTTP error before the status line is sent, like a failing model is."""
 
@@ -148,17 +157,21 @@ class _Started:
         async for piece in self._pieces:
             yield piece
 
-    async def text(self) -> str:
-        return "".join([piece async for piece in self])
-
 
 class _Api:
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
-        self.config = daemon.config
+    def __init__(
+        self, settings: ApiSettings, router: Router, catalog: Catalog, metrics: Metrics,
+        loaded: Callable[[], Collection[str]], ready: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.catalog = catalog
+        self.metrics_registry = metrics
+        self.loaded = loaded
+        self.ready = ready
 
     def _authorize(self, request: Request) -> None:
-        key = self.daemon.api_key
+        key = self.settings.api_key
         if key is None:
             return
         header = request.headers.get("authorization", "")
@@ -167,7 +180,7 @@ class _Api:
             raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <key>)", type="authentication_error", code="invalid_api_key")
 
     async def _read_json(self, request: Request) -> Any:
-        limit = self.config.api.max_body_bytes
+        limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large")
@@ -195,9 +208,9 @@ class _Api:
             err = e.errors()[0]
             param = ".".join(str(p) for p in err["loc"])
             raise ApiError(400, f"'{param}': {err['msg']}", param=param, code="invalid_value") from None
-        model = req.model or self.config.default_model
+        model = req.model or self.settings.default_model
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        stream = await self._open(model, messages, req.sampling(self.config.runtime.max_tokens))
+        stream = await self._open(model, messages, req.sampling(self.settings.max_tokens))
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         created = int(time.time())
         if req.stream:
@@ -213,7 +226,6 @@ class _Api:
             stream.cancel()
         stats = stream.stats
         assert stats is not None
-        self.daemon.record(stream.model, stats, source="api")
         return JSONResponse(
             {
                 "id": completion_id,
@@ -227,21 +239,19 @@ class _Api:
             }
         )
 
-    async def _open(self, model: str, messages: list[dict], params: SamplingParams) -> Stream | _Started:
-        router = self.daemon.router
+    async def _open(self, model: str, messages: list[dict], params: SamplingParams) -> TextStream:
+        tags = UsageTags("api")
         decision = None
-        if model == AUTO and router is None:
-            model = self.config.default_model
-        elif model == AUTO and router is not None:
+        if model == AUTO:
             asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             try:
-                decision = router.decide(asked)
+                decision = self.router.decide(asked)
             except LookupError as e:  # no model on the box at all
                 raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
         try:
-            if decision is not None and router is not None:
-                return await _Started.start(router.serve(decision, messages, params))
-            return await self.daemon.pool.stream(model, messages, params)
+            if decision is not None:
+                return await _Started.start(self.router.serve(decision, messages, params, tags))
+            return await self.router.open(model, messages, params, tags)
         except CatalogError as e:
             raise ApiError(404, str(e), code="model_not_found", param="model") from None
         except ContextLengthError as e:
@@ -255,7 +265,7 @@ class _Api:
         except (ModelUnavailableError, AllModelsFailed) as e:
             raise ApiError(503, str(e), type="server_error", code="model_unavailable") from None
 
-    async def _sse(self, stream: Stream | _Started, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _sse(self, stream: TextStream, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
         def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
             body: dict[str, Any] = {
                 "id": completion_id,
@@ -278,7 +288,6 @@ class _Api:
             if include_usage:
                 yield chunk({}, usage=_usage(stats))
             yield b"data: [DONE]\n\n"
-            self.daemon.record(stream.model, stats, source="api")
         except asyncio.CancelledError:
             stream.cancel()
             raise
@@ -290,7 +299,7 @@ class _Api:
 
     async def list_models(self, request: Request) -> Response:
         self._authorize(request)
-        loaded = self.daemon.pool.loaded
+        loaded = self.loaded()
         data = [
             {
                 "id": card.name,
@@ -299,9 +308,9 @@ class _Api:
                 "owned_by": "aibox",
                 "roles": card.roles,
                 "loaded": card.name in loaded,
-                "available": self.daemon.model_available(card),
+                "available": self.router.available(card),
             }
-            for card in self.daemon.catalog
+            for card in self.catalog
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -309,20 +318,20 @@ class _Api:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, _request: Request) -> Response:
-        if self.daemon.ready:
+        if self.ready():
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "starting"}, status_code=503)
 
     async def metrics(self, request: Request) -> Response:
         self._authorize(request)
-        return Response(self.daemon.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(self.metrics_registry.render(), media_type=CONTENT_TYPE)
 
 
 def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(stats) -> dict:
+def _usage(stats: GenerationStats) -> dict:
     return {
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,

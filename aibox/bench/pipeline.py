@@ -3,10 +3,10 @@
 A message goes in at a fake of the platform, through the connector, the gateway (access
 decision, audit log) and the reply streamer, to a stub model that answers instantly;
 the clock stops when the platform receives the first byte of the reply (its
-sendMessage / POST). The fakes are the servers the connector tests use, speaking each
-platform's real wire protocol to the real client library; each runs in a process of
-its own (aibox/bench/platform_host.py), as the platform runs elsewhere in real life,
-and measures the latency on its side.
+sendMessage / POST). The fakes are the servers the connector tests use
+(aibox/bench/platforms), speaking each platform's real wire protocol to the real client
+library; each runs in a process of its own (aibox/bench/platform_host.py), as the
+platform runs elsewhere in real life, and measures the latency on its side.
 
 100 chats talk at once, 1,000 measured messages in all after a warm-up round. Each chat
 sends its next message once the previous one was answered and a think time has passed
@@ -30,18 +30,17 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from aibox.bench.machine import describe
-from aibox.bench.platform_host import ROOT, BenchUnavailable, fake_servers_importable
+from models.machine import describe
+from aibox.bench.platform_host import PLATFORMS
 from aibox.store import Store
-from connectors.audit import AuditLog
+from connectors.audit_log import AuditLog
 from connectors.base import InboundMessage
 from connectors.gateway import Gateway
 from connectors.manager import connector_class
 from connectors.pairing import Pairing
 
-__all__ = ["BenchUnavailable", "available_platforms", "bench_pipeline"]
+__all__ = ["available_platforms", "bench_pipeline"]
 
-PLATFORMS = ("telegram", "whatsapp", "discord", "slack")
 TARGET_P50_MS = 20.0
 OPEN = {"dm_policy": "open", "rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000}
 CHAT_IDS: dict[str, Callable[[int], str]] = {
@@ -93,7 +92,6 @@ async def _start_platform(platform: str, stack: AsyncExitStack, log_dir: Path) -
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "aibox.bench.platform_host", platform,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-        env=os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
 
     async def end() -> None:
@@ -198,12 +196,8 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def available_platforms() -> dict[str, str | None]:
     """Per platform: None when it can be benchmarked, else why not."""
-    fake_servers_importable()
     found: dict[str, str | None] = {}
     for platform in PLATFORMS:
-        if not (ROOT / "tests" / "servers" / f"{platform}.py").is_file():
-            found[platform] = f"not available: no fake server tests/servers/{platform}.py"
-            continue
         try:
             connector_class(platform)
             found[platform] = None

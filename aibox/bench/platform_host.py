@@ -1,9 +1,9 @@
 """A fake chat platform in a process of its own, for `aibox bench pipeline`.
 
 The platform is not on the box in real life, so its CPU should not count against the
-box's pipeline: this process runs one of the fake servers from tests/servers (the ones
-the connector tests use, speaking the real wire protocol) and is driven over stdin and
-stdout with one JSON object per line:
+box's pipeline: this process runs one of the stand-ins from aibox/bench/platforms (the
+ones the connector tests use, speaking the real wire protocol) and is driven over stdin
+and stdout with one JSON object per line:
 
     -> {"ready": {settings keys pointing a connector at this server}}
     <- {"webhook": URL}                    where to post webhooks (WhatsApp)
@@ -22,31 +22,21 @@ come from this process's clock.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from aibox.bench.platforms.discord import FakeDiscord
+from aibox.bench.platforms.slack import FakeSlack
+from aibox.bench.platforms.telegram import TelegramServer
+from aibox.bench.platforms.whatsapp import FakeWhatsApp
 
-
-class BenchUnavailable(Exception):
-    """The fake servers are not here (an installed package rather than a source checkout)."""
-
-
-def fake_servers_importable() -> None:
-    """The fake platforms live in the repository's tests/servers; make them importable."""
-    if not (ROOT / "tests" / "servers").is_dir():
-        raise BenchUnavailable(
-            "the pipeline benchmark needs a source checkout: the fake platform servers live in tests/servers"
-        )
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
+PLATFORMS = ("telegram", "whatsapp", "discord", "slack")
 
 Say = Callable[[str, str], Awaitable[Any]]
 
@@ -54,8 +44,6 @@ Say = Callable[[str, str], Awaitable[Any]]
 async def _start(platform: str, stack: AsyncExitStack) -> tuple[Any, dict[str, Any], Say]:
     """The running server, the settings that point a connector at it, and how a person writes."""
     if platform == "telegram":
-        from tests.servers.telegram import TelegramServer
-
         tg = await stack.enter_async_context(TelegramServer())
 
         async def say_tg(chat: str, text: str) -> None:
@@ -64,8 +52,6 @@ async def _start(platform: str, stack: AsyncExitStack) -> tuple[Any, dict[str, A
         settings = {"token": tg.token, "base_url": tg.base_url, "base_file_url": tg.base_file_url, "poll_timeout_s": 10}
         return tg, settings, say_tg
     if platform == "whatsapp":
-        from tests.servers.whatsapp import FakeWhatsApp
-
         meta = await stack.enter_async_context(FakeWhatsApp())
         settings = {
             "access_token": meta.access_token, "app_secret": meta.app_secret, "verify_token": "bench",
@@ -73,8 +59,6 @@ async def _start(platform: str, stack: AsyncExitStack) -> tuple[Any, dict[str, A
         }
         return meta, settings, meta.user_message
     if platform == "discord":
-        from tests.servers.discord import FakeDiscord
-
         dc = await stack.enter_async_context(FakeDiscord(token="bench-discord-token"))
 
         async def say_dc(chat: str, text: str) -> None:
@@ -82,8 +66,6 @@ async def _start(platform: str, stack: AsyncExitStack) -> tuple[Any, dict[str, A
 
         return dc, {"token": dc.token, "api_base": dc.api_base, "gateway_url": dc.gateway_url}, say_dc
     if platform == "slack":
-        from tests.servers.slack import FakeSlack
-
         sl = await stack.enter_async_context(FakeSlack())
 
         async def say_sl(chat: str, text: str) -> None:
@@ -132,8 +114,12 @@ async def serve(platform: str) -> None:
 
 
 def main() -> None:
-    fake_servers_importable()
-    asyncio.run(serve(sys.argv[1]))
+    parser = argparse.ArgumentParser(
+        prog="python -m aibox.bench.platform_host",
+        description="A local stand-in of one chat platform, driven over stdin and stdout (see the module doc).",
+    )
+    parser.add_argument("platform", choices=PLATFORMS)
+    asyncio.run(serve(parser.parse_args().platform))
 
 
 if __name__ == "__main__":

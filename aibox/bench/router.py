@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from aibox.bench.machine import describe
+from models.machine import describe
 from aibox.process import DaemonProcess
 from aibox.router.estimator import Estimator, LengthModel, evaluate, length_class, load_prompts
 from aibox.router.features import extract

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import llama_cpp
 
-from aibox.bench.machine import describe
+from models.machine import describe
 from aibox.process import DaemonProcess
 from models.catalog import ModelCard
 from models.files import model_path

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from agents.spec import AgentFileError, load_agent
+from agents.definition import AgentFileError, load_agent
 from aibox.cli.client import admin_call
 from aibox.cli.common import EXIT_DATAERR, JsonOption, console, fail, get_config, print_json
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from aibox import backup
 from aibox.cli.common import EXIT_DATAERR, EXIT_NOINPUT, JsonOption, fail, get_config, print_json
+from aibox.ops import backup
 
 app = typer.Typer(help="Back up and restore the database, config, agents and pairing state.", no_args_is_help=True)
 console = Console(highlight=False)

@@ -65,7 +65,7 @@ def pipeline(
     """Message in to first reply byte through each platform's fake server, stub model: p50/p99."""
     from rich.progress import Progress
 
-    from aibox.bench.pipeline import BenchUnavailable, bench_pipeline
+    from aibox.bench.pipeline import bench_pipeline
 
     total = messages + chats
     with Progress(console=err_console, transient=True) as bar:
@@ -76,10 +76,7 @@ def pipeline(
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done)
 
-        try:
-            result = bench_pipeline(platform or None, messages, chats, think_ms, progress)
-        except BenchUnavailable as e:
-            fail(str(e), EXIT_NOINPUT)
+        result = bench_pipeline(platform or None, messages, chats, think_ms, progress)
     write_json(json, result)
     console.print(
         f"{result['concurrent_chats']} concurrent chats, think time {result['think_ms']:.0f} ms, stub model, "
@@ -112,7 +109,7 @@ def spec(
     plot: Path = typer.Option(None, "--plot", help="PNG of speed-up and τ per drafter (default: next to --json, else ./bench-spec-MODEL.png)."),
 ) -> None:
     """Speculative decoding: plain vs each drafter at fixed lengths vs `auto`, per prompt set (chat, code, copy-heavy)."""
-    from aibox.bench.spec import bench_spec, plot as plot_result
+    from aibox.bench.speculative import bench_spec, plot as plot_result
     from aibox.cli.models import catalog
 
     config = get_config(ctx)

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from aibox.cli.common import EXIT_FAILURE, JsonOption, print_json
-from aibox.doctor import run_checks
+from aibox.ops.doctor import run_checks
 
 MARK = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
 

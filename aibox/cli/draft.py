@@ -70,8 +70,8 @@ def prepare_cmd(
     json: bool = JsonOption,
 ) -> None:
     """Let the target answer the prompt set and cache tokens and hidden states (fp16); resumable."""
-    from models.dspark.data import PROMPTS_FILE, DataError, PrepareSettings, estimate_bytes, free_bytes, load_prompts, prepare
     from models.dspark.target_weights import read_shape
+    from models.dspark_toolkit.data import PROMPTS_FILE, DataError, PrepareSettings, estimate_bytes, free_bytes, load_prompts, prepare
 
     config = get_config(ctx)
     path = _target(config, model, gguf)
@@ -131,9 +131,9 @@ def train_cmd(
 ) -> None:
     """Train a drafter (or resume the run in --out); writes safetensors, config.json and a loss curve."""
     from models.dspark.checkpoint import CheckpointError
-    from models.dspark.data import DataError
     from models.dspark.device import pick_device
-    from models.dspark.train import TrainSettings, train
+    from models.dspark_toolkit.data import DataError
+    from models.dspark_toolkit.trainer import TrainSettings, train
 
     config = get_config(ctx)
     path = _target(config, model, gguf)
@@ -180,10 +180,10 @@ def calibrate_cmd(
     json: bool = JsonOption,
 ) -> None:
     """Fit per-position temperatures of the confidence head on held-out data; ECE, AUROC, Brier before/after."""
-    from models.dspark.calibrate import calibrate
     from models.dspark.checkpoint import CheckpointError
-    from models.dspark.data import DataError
     from models.dspark.device import pick_device
+    from models.dspark_toolkit.calibrate import calibrate
+    from models.dspark_toolkit.data import DataError
 
     config = get_config(ctx)
     path = _target(config, model, gguf)
@@ -225,7 +225,7 @@ def eval_cmd(
     """τ, per-position acceptance and tokens/s of DSpark, the DFlash baseline and prompt lookup, greedy, in one run."""
     from models.dspark.checkpoint import CheckpointError
     from models.dspark.device import pick_device
-    from models.dspark.evaluate import evaluate
+    from models.dspark_toolkit.evaluate import evaluate
 
     config = get_config(ctx)
     path = _target(config, model, gguf)

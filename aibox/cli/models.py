@@ -139,7 +139,7 @@ def info(ctx: typer.Context, name: str, json: bool = JsonOption) -> None:
 
 
 def speculation_summary(card: ModelCard, config: Config) -> dict:
-    from models.spec.accelerator import plan
+    from models.speculative.accelerator import plan
 
     try:
         decision = plan(card, catalog(config), config.models_path, config.state_path, config.threads)
@@ -165,9 +165,9 @@ def profile(
     json: bool = JsonOption,
 ) -> None:
     """Measure seconds per verify step vs tokens in the batch, SPS(B), and cache it for this machine."""
-    from models.spec.profile import machine_info, measure, save_profile
-    from models.spec.scheduler import Scheduler
-    from models.spec.target import LlamaTarget
+    from models.speculative.profile import machine_info, measure, save_profile
+    from models.speculative.scheduler import Scheduler
+    from models.speculative.target import LlamaTarget
 
     config = get_config(ctx)
     card = card_or_fail(config, name)

@@ -6,8 +6,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from aibox.audit import audit
 from aibox.cli.common import EXIT_FAILURE, JsonOption, get_config, print_json
+from aibox.ops.security import security_audit
 
 app = typer.Typer(help="Security checks of the box's settings.", no_args_is_help=True)
 
@@ -15,7 +15,7 @@ app = typer.Typer(help="Security checks of the box's settings.", no_args_is_help
 @app.command("audit")
 def audit_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Report open DM policies, an unprotected network API, readable secrets and broad tool grants."""
-    findings = audit(get_config(ctx))
+    findings = security_audit(get_config(ctx))
     if as_json:
         print_json({"ok": not findings, "findings": [f.as_dict() for f in findings]})
     else:

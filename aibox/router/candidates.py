@@ -100,8 +100,8 @@ def acceleration_note(state_dir: Path | None, card: ModelCard, threads: int) -> 
     if state_dir is None or not card.is_local or not card.draft_models:
         return ""
     try:
-        from models.spec.profile import load_profile, machine_info
-        from models.spec.scheduler import Scheduler
+        from models.speculative.profile import load_profile, machine_info
+        from models.speculative.scheduler import Scheduler
     except ImportError:
         return ""
     try:

@@ -10,25 +10,23 @@ Every decision is logged with its reason and the features it was made from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
 from aibox.router.candidates import Candidate, CandidateSource
 from aibox.router.estimator import Estimator, LengthModel
-from aibox.router.fallback import Backends, FallbackStream
+from aibox.router.fallback import Backends, FallbackStream, TokenCounter
 from aibox.router.features import extract
-from aibox.router.jobs import LongJobs
+from aibox.usage import UsageTags
+from models.catalog import ModelCard
 from models.chat_template import Message
-from models.runtime import GenerationStats, SamplingParams
+from models.files import is_present
+from models.sampling import SamplingParams
+from models.stream import TextStream
 
 if TYPE_CHECKING:
     from aibox.config import Config
-    from aibox.daemon import Daemon
     from aibox.store import Store
 
 log = logging.getLogger("aibox.router")
@@ -79,8 +77,8 @@ def needs(features_code: bool, length_class: str, chatty: bool) -> set[str]:
 
 
 class Router:
-    """Decides (always) and serves with fallback and background jobs (inside a daemon,
-    where `backends` is set)."""
+    """Decides (always), and in the daemon, where `backends` is set, is the one way from the
+    box to its models: routed requests with their fallback chain, and named ones."""
 
     def __init__(
         self, source: CandidateSource, estimator: Estimator, default_model: str, backends: Backends | None = None
@@ -89,18 +87,6 @@ class Router:
         self.estimator = estimator
         self.default_model = default_model
         self.backends = backends
-        self.jobs = LongJobs()
-
-    @classmethod
-    def for_daemon(cls, daemon: "Daemon") -> "Router":
-        from models.remote import RemoteModels
-
-        config = daemon.config
-        remotes = RemoteModels(daemon.catalog)
-        source = CandidateSource(daemon.catalog, config.models_path, daemon.store, daemon.pool, remotes,
-                                 config.state_path, config.threads)
-        backends = Backends(daemon.catalog, daemon.pool, remotes)
-        return cls(source, Estimator(LengthModel.load(), daemon.store), config.default_model, backends)
 
     @classmethod
     def for_config(cls, config: "Config", store: "Store | None" = None) -> "Router":
@@ -178,34 +164,38 @@ class Router:
         )
         return decision
 
-    def serve(
-        self,
-        decision: Decision,
-        messages: list[Message],
-        params: SamplingParams,
-        on_finished: Callable[[str, GenerationStats], None] = lambda _m, _s: None,
-    ) -> FallbackStream:
+    def serve(self, decision: Decision, messages: list[Message], params: SamplingParams, tags: UsageTags) -> FallbackStream:
         """The answer from the decided model, or from the next candidate when it fails."""
+        return FallbackStream(self._backends(), [decision.model, *decision.fallbacks], messages, params, tags)
+
+    async def open(self, model: str, messages: Sequence[Message], params: SamplingParams, tags: UsageTags) -> TextStream:
+        """The answer from one named model, with no fallback: its failures are the caller's."""
+        return await self._backends().open(model, messages, params, tags)
+
+    async def measure(self, order: Sequence[str]) -> tuple[int, TokenCounter]:
+        """Context window and token counter of the first model in `order` that can load."""
+        return await self._backends().measure(order)
+
+    def available(self, card: ModelCard) -> bool:
+        """Whether the model runs here: remote, or its file is on this box."""
+        return not card.is_local or is_present(card, self.source.models_dir)
+
+    def answering_models(self) -> list[str]:
+        """The models a chat may pick with /model: here, and not only a draft model."""
+        return [card.name for card in self.source.catalog if self.source.available(card)]
+
+    def fast_model(self) -> str:
+        """The model for quick background work (summaries): the first fast one here."""
+        for card in self.source.catalog.with_role("fast"):
+            if self.available(card):
+                return card.name
+        return self.default_model
+
+    def _backends(self) -> Backends:
         if self.backends is None:
             raise RuntimeError("this router only decides; serving needs the daemon's models")
-        return FallbackStream(self.backends, [decision.model, *decision.fallbacks], messages, params, on_finished)
-
-    def routes(self) -> list[Route]:
-        """Admin API: POST /router/decide, the dry run `aibox route` asks a running daemon for."""
-
-        async def decide(request: Request) -> JSONResponse:
-            body = await request.json()
-            if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-                return JSONResponse({"error": "body must be a JSON object with a string 'text'"}, status_code=400)
-            decision = self.decide(
-                body["text"], agent=body.get("agent"), sender=body.get("sender"), pinned=body.get("pinned"),
-                override=body.get("override"), attachment_chars=int(body.get("attachment_chars") or 0),
-            )
-            return JSONResponse(decision.as_dict())
-
-        return [Route("/router/decide", decide, methods=["POST"])]
+        return self.backends
 
     async def close(self) -> None:
-        await self.jobs.close()
         if self.backends is not None:
             await self.backends.remotes.close()

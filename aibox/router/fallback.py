@@ -1,5 +1,9 @@
 """Serving a routed request: the chosen model first, the next candidate when it fails.
 
+`Backends` is the one way from the box to a model: the local pool or a remote server.
+It records the figures of every generation it served (aibox/usage.py) and measures
+prompts for the agent runner, so nothing above the router touches the pool.
+
 A model fails when it cannot load (ModelUnavailableError), its queue is full
 (BusyError), the prompt does not fit it, its remote server refuses or goes away
 (RemoteError), or generation raises. The next model in the decision's order then
@@ -13,11 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from aibox.usage import UsageLog, UsageTags
 from models.catalog import Catalog, CatalogError
 from models.chat_template import Message
 from models.pool import BusyError, ModelPool, ModelUnavailableError
 from models.remote import RemoteError, RemoteModels
-from models.runtime import ContextLengthError, GenerationStats, SamplingParams
+from models.runtime import ContextLengthError
+from models.sampling import SamplingParams
+from models.stream import GenerationStats, TextStream
 
 log = logging.getLogger("aibox.router")
 
@@ -42,34 +49,80 @@ def _why(error: BaseException) -> str:
     return "failed"
 
 
+TokenCounter = Callable[[str], int]
+
+
 class Backends:
     """Opens a stream on a model wherever it runs: the local pool or a remote server."""
 
-    def __init__(self, catalog: Catalog, pool: ModelPool, remotes: RemoteModels) -> None:
+    def __init__(self, catalog: Catalog, pool: ModelPool, remotes: RemoteModels, usage: UsageLog | None = None) -> None:
         self.catalog = catalog
         self.pool = pool
         self.remotes = remotes
+        self.usage = usage
 
-    async def open(self, model: str, messages: Sequence[Message], params: SamplingParams):  # noqa: ANN201 - Stream | RemoteStream
+    async def open(self, model: str, messages: Sequence[Message], params: SamplingParams, tags: UsageTags) -> TextStream:
         card = self.catalog.get(model)
         if card.is_local:
-            return await self.pool.stream(model, messages, params)
-        return await self.remotes.get(model).stream(messages, params)
+            stream: TextStream = await self.pool.stream(model, messages, params)
+        else:
+            stream = await self.remotes.get(model).stream(messages, params)
+        return Recorded(stream, self.usage, tags) if self.usage is not None else stream
+
+    async def measure(self, order: Sequence[str]) -> tuple[int, TokenCounter]:
+        """The context window and a token counter of the first model in `order` that loads,
+        so a chosen model that cannot load leaves the turn to the fallback chain; for a
+        remote model, its card's window and an estimate of four characters per token."""
+        for i, model in enumerate(order):
+            card = self.catalog.get(model)
+            if not card.is_local:
+                return card.context_length, lambda t: len(t) // 4 + 1
+            try:
+                worker = await self.pool.worker(model)
+            except ModelUnavailableError:
+                if i == len(order) - 1:
+                    raise
+                continue
+            return worker.model.n_ctx, lambda t, w=worker: len(w.model.tokenize(t, special=False))
+        raise ValueError("no model to measure the context with")
 
 
-class FallbackStream:
+class Recorded(TextStream):
+    """A model's stream whose figures go to the usage log once it finished."""
+
+    def __init__(self, inner: TextStream, usage: UsageLog, tags: UsageTags) -> None:
+        self._inner = inner
+        self._usage = usage
+        self._tags = tags
+        self.model = inner.model
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self._inner.stats
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            async for piece in self._inner:
+                yield piece
+        finally:
+            if self._inner.stats is not None:
+                self._usage.record(self.model, self._inner.stats, self._tags)
+
+    def cancel(self) -> None:
+        self._inner.cancel()
+
+
+class FallbackStream(TextStream):
     """Text of the answer from the first model in `order` that serves it.
 
     `model` is the one that served (set once it starts answering), `failures` what went
     wrong before, `stats` the serving generation's figures."""
 
     def __init__(
-        self,
-        backends: Backends,
-        order: Sequence[str],
-        messages: Sequence[Message],
-        params: SamplingParams,
-        on_finished: Callable[[str, GenerationStats], None] = lambda _m, _s: None,
+        self, backends: Backends, order: Sequence[str], messages: Sequence[Message], params: SamplingParams, tags: UsageTags,
     ) -> None:
         if not order:
             raise ValueError("no model to try")
@@ -77,7 +130,7 @@ class FallbackStream:
         self.order = list(order)
         self.messages = list(messages)
         self.params = params
-        self.on_finished = on_finished
+        self.tags = tags
         self.model: str | None = None
         self.stats: GenerationStats | None = None
         self.failures: list[tuple[str, str]] = []
@@ -96,7 +149,7 @@ class FallbackStream:
         for model in self.order:
             sent_any = False
             try:
-                stream = await self.backends.open(model, self.messages, self.params)
+                stream = await self.backends.open(model, self.messages, self.params, self.tags)
                 self._current = stream
                 async for piece in stream:
                     if not sent_any and not noted and model != wanted:
@@ -120,7 +173,6 @@ class FallbackStream:
             finally:
                 if self._current is not None and self._current.stats is not None:
                     self.stats = self._current.stats
-                    self.on_finished(model, self._current.stats)
                 self._current = None
             self.model = model
             return
@@ -130,7 +182,4 @@ class FallbackStream:
     def _next_after(self, model: str) -> str | None:
         i = self.order.index(model)
         return self.order[i + 1] if i + 1 < len(self.order) else None
-
-    async def text(self) -> str:
-        return "".join([piece async for piece in self])
 

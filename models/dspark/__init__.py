@@ -1,1 +1,1 @@
-"""DSpark: a learned block drafter with serial correction and confidence, and its training toolkit."""
+"""DSpark as served: the learned block drafter (torch model, checkpoints, the target's weights, the engine's drafter, device choice) and which card names which. May import: models (not models.dspark_toolkit, aibox, agents, connectors)."""

@@ -21,12 +21,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from models.catalog import ModelCard
 from models.dspark.checkpoint import load_checkpoint
 from models.dspark.device import pick_device
 from models.dspark.model import DSpark
+from models.dspark.registry import dspark_checkpoint
 from models.kv_cache import common_prefix
-from models.spec.drafters.base import Draft, Drafter, Extend
-from models.spec.sampling import Sampling, probs, sample
+from models.sampling import SamplingParams, probs, sample
+from models.speculative.drafters.base import Draft, Drafter, Extend
 
 
 class DSparkDrafter(Drafter):
@@ -133,7 +135,7 @@ class DSparkDrafter(Drafter):
         self,
         context: Sequence[int],
         k: int,
-        sampling: Sampling,
+        sampling: SamplingParams,
         extend: Extend | None = None,
         hidden: np.ndarray | None = None,
     ) -> Draft:
@@ -180,3 +182,11 @@ class DSparkDrafter(Drafter):
         per = (time.perf_counter() - start) / max(len(tokens), 1)  # asking for nothing costs the pass too
         self._seconds_per_token = per if self._seconds_per_token == 0 else 0.8 * self._seconds_per_token + 0.2 * per
         return Draft(tokens, confidence, np.stack(qs) if qs else None)
+
+
+def dspark_for_card(card: ModelCard, gguf_path: Path, device: str | None = None) -> DSparkDrafter | None:
+    """The drafter the model's card names, loaded on its target; None if it names none on disk."""
+    checkpoint = dspark_checkpoint(card)
+    if checkpoint is None:
+        return None
+    return DSparkDrafter.load(checkpoint, gguf_path, device)

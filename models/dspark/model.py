@@ -47,7 +47,7 @@ class DSparkConfig:
     confidence: bool = True
     draft_vocab_size: int = 0  # V_d; 0 means the whole target vocabulary
     calibration: list[float] = field(default_factory=list)  # per-position temperatures, from calibrate
-    # target layers whose outputs are fused with the final hidden state (models.spec.layers)
+    # target layers whose outputs are fused with the final hidden state (models.speculative.layers)
     feature_layers: list[int] = field(default_factory=list)
 
     @property

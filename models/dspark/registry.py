@@ -1,18 +1,15 @@
 """Which trained DSpark drafter belongs to a model: its card names a checkpoint directory,
-`drafters = { dspark = "dspark/checkpoints/<model>" }`, relative to the `models` package
-(where shipped drafters live) unless absolute. Finding one needs no torch; loading it does,
-so callers that only ask (`aibox models info`) stay light."""
+`drafters = { dspark = "drafters/<model>" }`, relative to the `models` package (where shipped
+drafters live) unless absolute. Finding one and reading what it recorded need no torch, so
+callers that only ask (`aibox models info`, the pool's plan) stay light; loading one is
+`models.dspark.drafter.dspark_for_card`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from models.catalog import ModelCard
-
-if TYPE_CHECKING:
-    from models.dspark.drafter import DSparkDrafter
 
 MODELS_PACKAGE = Path(__file__).resolve().parent.parent
 # What a checkpoint directory holds: the trained weights (fp16) and the architecture.
@@ -40,12 +37,3 @@ def recorded_acceptance(checkpoint: Path) -> list[float] | None:
         return [float(a) for a in row["acceptance_by_position"]]
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return None
-
-
-def dspark_for_card(card: ModelCard, gguf_path: Path, device: str | None = None) -> "DSparkDrafter | None":
-    checkpoint = dspark_checkpoint(card)
-    if checkpoint is None:
-        return None
-    from models.dspark.drafter import DSparkDrafter
-
-    return DSparkDrafter.load(checkpoint, gguf_path, device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from aibox.process import DaemonProcess
-from tests.servers.telegram import TelegramServer
+from aibox.bench.platforms.telegram import TelegramServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

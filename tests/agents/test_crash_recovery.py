@@ -3,7 +3,7 @@ with SIGKILL while it generates, restarted on the same state dir, and every one 
 messages ends up with exactly one reply.
 
 Messages come in through the real Telegram connector (python-telegram-bot) against the
-local Telegram Bot API server in tests/servers/telegram.py, because that is the path a
+local Telegram Bot API server in aibox/bench/platforms/telegram.py, because that is the path a
 real message takes: long poll, the gateway's decision, the inbox, the reply streamer
 with its edits. The fake server confirms updates as a real one does (a confirmed
 update is never delivered again), so after the kill only the inbox can bring the
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from aibox.process import DaemonProcess
-from tests.servers.telegram import TelegramServer
+from aibox.bench.platforms.telegram import TelegramServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

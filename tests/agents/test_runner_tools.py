@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents import tools
-from agents.service import Agents
+from agents.runner import AgentRunner
 from aibox.config import parse_config
 from aibox.daemon import Daemon
 from aibox.store import Store
@@ -26,6 +26,8 @@ class ScriptedStream:
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._go()
+
+    def cancel(self) -> None: ...
 
     async def _go(self) -> AsyncIterator[str]:
         for piece in self.pieces:
@@ -54,32 +56,31 @@ class ScriptedPool:
     async def close(self) -> None: ...
 
 
-def runner_with(tmp_path: Path, answers: list[list[str]]) -> tuple[Agents, ScriptedPool]:
+def runner_with(tmp_path: Path, answers: list[list[str]]) -> tuple[AgentRunner, ScriptedPool]:
     config = parse_config({"state_dir": str(tmp_path), "models_dir": str(tmp_path / "models")})
     daemon = Daemon(config)
-    daemon.store = Store.open(config.store_url)
     pool = ScriptedPool(answers)
     daemon.pool = pool  # the scripted stand-in for llama.cpp, see the module docstring
-    return Agents(daemon), pool
+    return daemon.build(Store.open(config.store_url)).runner, pool
 
 
-async def ask(agents: Agents, text: str) -> str:
-    return "".join([p async for p in agents.runner(InboundMessage("telegram", "5", "5", "1", text))])
+async def ask(runner: AgentRunner, text: str) -> str:
+    return "".join([p async for p in runner(InboundMessage("telegram", "5", "5", "1", text))])
 
 
 async def test_a_tool_call_runs_and_its_result_reaches_the_model(tmp_path: Path) -> None:
-    agents, pool = runner_with(tmp_path, [
+    runner, pool = runner_with(tmp_path, [
         [" ", '{"tool": "calculator", ', '"arguments": {"expression": "17*23"}}'],
         ["17 × 23 is ", "391."],
     ])
-    assert await ask(agents, "What is 17*23?") == "17 × 23 is 391."
+    assert await ask(runner, "What is 17*23?") == "17 × 23 is 391."
     (first, first_params), (second, _) = pool.seen
     assert first_params.grammar == tools.call_grammar(["time", "calculator", "notes", "reminders"])
     assert first_params.grammar_trigger == tools.CALL_TRIGGER
     assert "calculator: exact arithmetic" in first[0]["content"], "the system prompt describes the granted tools"
     assert second[-2] == {"role": "assistant", "content": ' {"tool": "calculator", "arguments": {"expression": "17*23"}}'}
     assert second[-1]["content"].startswith("Tool result: 17*23 = 391")
-    turns = await agents.sessions.history("telegram", "5", "assistant")
+    turns = await runner.sessions.history("telegram", "5", "assistant")
     assert [(t.role, t.text) for t in turns] == [("user", "What is 17*23?"), ("assistant", "17 × 23 is 391.")]
 
 
@@ -88,8 +89,8 @@ async def test_bad_calls_go_back_as_errors_and_the_limit_ends_the_loop(tmp_path:
              ['{"tool": "calculator", "arguments": {"expr": "1"}}'],
              ['{"tool": "calculator", "arguments": {"expression": "__import__(\'os\')"}}'],
              ["I could not work it out."]]
-    agents, pool = runner_with(tmp_path, calls)
-    assert await ask(agents, "Break things") == "I could not work it out."
+    runner, pool = runner_with(tmp_path, calls)
+    assert await ask(runner, "Break things") == "I could not work it out."
     results = [messages[-1]["content"] for messages, _ in pool.seen[1:]]
     assert results[0].startswith("Tool result: error: unknown tool 'shell'")
     assert results[1].startswith("Tool result: error: bad arguments for calculator: expression: Field required; expr: Extra inputs")
@@ -98,6 +99,6 @@ async def test_bad_calls_go_back_as_errors_and_the_limit_ends_the_loop(tmp_path:
 
 
 async def test_prose_that_starts_like_text_streams_untouched(tmp_path: Path) -> None:
-    agents, pool = runner_with(tmp_path, [["Hello", " there, {curly} friend."]])
-    assert await ask(agents, "hi") == "Hello there, {curly} friend."
+    runner, pool = runner_with(tmp_path, [["Hello", " there, {curly} friend."]])
+    assert await ask(runner, "hi") == "Hello there, {curly} friend."
     assert len(pool.seen) == 1

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from agents.service import Agents
 from agents.sessions import Sessions
-from agents.spec import parse_agent
+from agents.definition import parse_agent
 from agents.tables import Turn
 from aibox.config import parse_config
 from aibox.daemon import Daemon
@@ -120,13 +119,13 @@ async def test_runner_commands_and_compaction_with_the_real_model(tmp_path: Path
     (state / "agents" / "tiny.toml").write_text(
         'name = "tiny"\ndescription = "short memory"\nsystem_prompt = "Answer in a few words."\n'
         "[memory]\nrecent_turns = 2\n"
+        '[model]\npolicy = "pinned"\nname = "smollm2-135m-instruct"\n'
     )
     config = parse_config({"state_dir": str(state), "models_dir": str(models_dir), "runtime": {"max_tokens": 12},
                            "agents": {"default_agent": "tiny"}})
     daemon = Daemon(config)
-    daemon.store = Store.open(config.store_url)
-    agents = Agents(daemon)
-    runner = agents.runner
+    store = Store.open(config.store_url)
+    runner = daemon.build(store).runner
 
     async def say(text: str, n: int = [0]) -> str:  # noqa: B006 - a message id counter
         n[0] += 1
@@ -137,9 +136,9 @@ async def test_runner_commands_and_compaction_with_the_real_model(tmp_path: Path
         assert (await say("/remember I live in Lisbon")).startswith("Noted (")
         for question in ("Hello!", "What is two plus two?", "Name a fruit."):
             assert (await say(question)).strip()
-        summary, upto = await agents.sessions.summary("telegram", "9", "tiny")
+        summary, upto = await runner.sessions.summary("telegram", "9", "tiny")
         assert summary.strip() and upto > 0, "older turns are summarised by the real model"
-        assert len(await agents.sessions.all_turns("telegram", "9", "tiny")) == 6
+        assert len(await runner.sessions.all_turns("telegram", "9", "tiny")) == 6
         history = await say("/history")
         assert "user: Hello!" in history and "user: Name a fruit." in history
         notes = await say("/forget")
@@ -152,4 +151,4 @@ async def test_runner_commands_and_compaction_with_the_real_model(tmp_path: Path
         assert (await say("/use nobody")).startswith("no agent named 'nobody'")
     finally:
         await daemon.pool.close()
-        daemon.store.close()
+        store.close()

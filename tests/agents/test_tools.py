@@ -11,7 +11,8 @@ import pytest
 from agents import tools
 from agents.tools import CalculatorError, ToolCall, ToolContext, calculate, parse_call, run_call
 from models.catalog import Catalog
-from models.runtime import LocalModel, SamplingParams
+from models.runtime import LocalModel
+from models.sampling import SamplingParams
 
 CTX = ToolContext("telegram", "1", "1", "assistant", "UTC")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from aibox.process import DaemonProcess
-from tests.servers.telegram import TelegramServer
-from tests.servers.whatsapp import FakeWhatsApp
+from aibox.bench.platforms.telegram import TelegramServer
+from aibox.bench.platforms.whatsapp import FakeWhatsApp
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

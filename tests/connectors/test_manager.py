@@ -14,8 +14,8 @@ from aibox.config import ConfigError, parse_config
 from aibox.store import Store
 from connectors.manager import ConnectorManager
 from tests.servers.scripted import ScriptedResponder
-from tests.servers.telegram import TelegramServer
-from tests.servers.whatsapp import FakeWhatsApp
+from aibox.bench.platforms.telegram import TelegramServer
+from aibox.bench.platforms.whatsapp import FakeWhatsApp
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

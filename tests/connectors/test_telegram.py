@@ -1,5 +1,8 @@
 """The Telegram connector: the real python-telegram-bot against a local Bot API
-(tests/servers/telegram.py).
+(aibox/bench/platforms/telegram.py).
+
+The fault scenarios every platform shares (rate limits, dropped connections, malformed
+input, bursts, bad tokens, secrets in logs) are in test_faults.py; these are Telegram's own.
 
 The answers come from a scripted responder, not a model: these tests are about
 delivery, and the model's words do not matter here.
@@ -9,22 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import re
 import socket
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
+from aibox.bench.platforms.telegram import TelegramServer
 from aibox.config import ConfigError
-from aibox.logs import JsonFormatter, TextFormatter
 from aibox.secrets import Secret
 from connectors.manager import load_settings
-from connectors.tables import AuditEntry
 from connectors.telegram import TelegramConnector, TelegramSettings
 from tests.servers.scripted import ScriptedResponder, wired
-from tests.servers.telegram import TelegramServer
 
 OWNER = 4242
 
@@ -80,58 +78,6 @@ async def test_dm_round_trip_streams_an_edited_reply(server: TelegramServer, tmp
     assert server.confirmed_offset >= 2, "the update must be confirmed so a restart does not replay it"
 
 
-LONG_ANSWER = (
-    "First paragraph. " * 150
-    + "\n\n```python\n"
-    + "".join(f"print('line {i}')\n" for i in range(200))
-    + "```\n\n"
-    + "Closing words, said plainly. " * 150
-)
-
-
-async def test_long_reply_is_split_under_the_limit_and_nothing_is_lost(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    responder = ScriptedResponder(answer=lambda m: LONG_ANSWER, chunks=6)
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
-        server.user_message(OWNER, "tell me a lot")
-        messages = await server.outbox.wait_for_text(str(OWNER), LONG_ANSWER, timeout=20)
-    assert len(messages) >= 3
-    assert all(len(m.text) <= 4096 for m in messages)
-    for m in messages:  # every message renders its code on its own: fences come in pairs
-        assert m.text.count("```") % 2 == 0, m.text
-
-
-async def test_unknown_sender_gets_a_pairing_code_and_no_answer_until_approved(
-    server: TelegramServer, tmp_path: Path
-) -> None:
-    settings = fast(server, allow_from=[])
-    responder = ScriptedResponder()
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path) as wiring:
-        server.user_message(777, "let me in")
-        await server.outbox.wait_for(lambda: len(server.outbox.in_chat("777")) == 1)
-        [offer] = server.outbox.in_chat("777")
-        code = re.search(r"approve ([A-Z0-9]{8})", offer.text)
-        assert code is not None, offer.text
-        assert responder.calls == []
-        approved = wiring.pairing.approve(code.group(1))
-        assert (approved.sender_id, approved.role) == ("777", "owner")
-        server.user_message(777, "now?")
-        await server.outbox.wait_for(lambda: any(m.text == "You said: now?" for m in server.outbox.in_chat("777")))
-        for stranger in (801, 802, 803, 804):  # three codes may wait; the fourth stranger gets nothing
-            server.user_message(stranger, "hello?")
-        await server.outbox.wait_for(lambda: sum(len(server.outbox.in_chat(str(s))) for s in (801, 802, 803, 804)) == 3)
-        await asyncio.sleep(0.3)
-        await wiring.audit.flush()
-        with wiring.store.session() as s:
-            audit = list(s.scalars(select(AuditEntry)))
-    assert [m.text for m in responder.calls] == ["now?"]
-    assert [len(server.outbox.in_chat(str(s))) for s in (801, 802, 803, 804)] == [1, 1, 1, 0]
-    decisions = [(e.sender_id, e.decision) for e in audit]
-    assert ("777", "pairing_code_sent") in decisions and ("777", "accepted") in decisions
-    assert ("804", "pairing_refused") in decisions
-    assert not any("let me in" in e.detail or "now?" in e.detail for e in audit), "the audit log holds no content"
-
-
 async def test_a_stranger_flooding_the_bot_gets_the_code_a_few_times_then_nothing(
     server: TelegramServer, tmp_path: Path
 ) -> None:
@@ -170,17 +116,6 @@ async def test_attachments_and_replies_arrive_as_metadata(server: TelegramServer
     )
 
 
-async def test_a_429_in_the_middle_of_streaming_is_waited_out(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    server.faults.add("editMessageText", status=429, retry_after=1)
-    responder = ScriptedResponder(chunks=4, delay=0.15)
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
-        server.user_message(OWNER, "rate limit me")
-        [reply] = await server.outbox.wait_for_text(str(OWNER), "You said: rate limit me", timeout=15)
-    assert [f.status for f in server.faults.played] == [429]
-    assert reply.text == "You said: rate limit me"
-
-
 async def test_a_message_that_cannot_be_edited_any_more_is_sent_anew(server: TelegramServer, tmp_path: Path) -> None:
     settings = fast(server)
     server.faults.add("editMessageText", status=400)
@@ -195,103 +130,6 @@ async def test_a_message_that_cannot_be_edited_any_more_is_sent_anew(server: Tel
     first, *rest = server.outbox.in_chat(str(OWNER))
     assert len(rest) == 1, "the text went out once more, in a new message"
     assert "You said: delete your answer".startswith(first.text)
-
-
-async def test_server_errors_are_retried_and_the_reply_arrives_once(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    server.faults.add("sendMessage", status=500)
-    server.faults.add("editMessageText", status=502)
-    responder = ScriptedResponder(chunks=3, delay=0.1)
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
-        server.user_message(OWNER, "break it")
-        [reply] = await server.outbox.wait_for_text(str(OWNER), "You said: break it", timeout=20)
-    assert len(server.faults.played) == 2
-    assert reply.text == "You said: break it"
-
-
-async def test_connection_dropped_mid_reply_reconnects_and_delivers_once(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    responder = ScriptedResponder(chunks=6, delay=0.25)
-    connector = TelegramConnector(settings)
-    async with wired(connector, settings, responder, tmp_path):
-        server.user_message(OWNER, "first question")
-        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(str(OWNER))) == 1)
-        # Mid-reply: an edit is cut before Telegram sees it, another after Telegram applied
-        # it (the retry then meets "message is not modified"), and the long poll carrying
-        # the next question is cut after Telegram answered, so the update comes again.
-        server.faults.add("editMessageText", drop="before")
-        server.faults.add("editMessageText", drop="after")
-        server.faults.add("getUpdates", drop="after")
-        server.user_message(OWNER + 1, "second question", user_id=OWNER)
-        await server.outbox.wait_for_text(str(OWNER), "You said: first question", timeout=15)
-        await server.outbox.wait_for_text(str(OWNER + 1), "You said: second question", timeout=15)
-        await asyncio.sleep(0.3)
-        assert connector.health().state == "ok"
-    assert sorted(f.kind for f in server.faults.played) == ["drop_after", "drop_after", "drop_before"]
-    assert len(server.outbox.in_chat(str(OWNER))) == 1 and len(server.outbox.in_chat(str(OWNER + 1))) == 1
-    assert sorted(m.text for m in responder.calls) == ["first question", "second question"]
-
-
-async def test_malformed_updates_are_skipped_and_polling_goes_on(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    responder = ScriptedResponder()
-    connector = TelegramConnector(settings)
-    async with wired(connector, settings, responder, tmp_path):
-        server.garbage_next_poll()
-        server.raw_updates(
-            {"update_id": server.next_update_id(), "message": {"message_id": "x", "chat": "not a chat"}},
-            {"update_id": server.next_update_id(), "message": {"text": "no chat, no sender, no date"}},
-            "not even an object",
-        )
-        server.user_message(OWNER, "still there?")
-        await server.outbox.wait_for_text(str(OWNER), "You said: still there?", timeout=15)
-        assert connector.health().state == "ok"
-    assert [m.text for m in responder.calls] == ["still there?"]
-
-
-async def test_a_100000_character_message_arrives_whole(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    huge = ("0123456789" * 10_000)[:99_990] + "THE-END!!!"
-    assert len(huge) == 100_000
-    responder = ScriptedResponder(answer=lambda m: m.text)
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
-        server.user_message(OWNER, huge)
-        messages = await server.outbox.wait_for_text(str(OWNER), huge, timeout=30)
-    assert responder.calls[0].text == huge
-    assert len(messages) == 25 and all(len(m.text) <= 4096 for m in messages)
-
-
-async def test_emoji_rtl_and_zero_width_text_round_trips_exactly(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server)
-    text = "héllo 👩‍👩‍👧‍👦 🇺🇳 مرحبا بالعالم שלום zero\u200bwidth\u200d joiner \u2060 \u202eflipped\u202c ✔️"
-    responder = ScriptedResponder(answer=lambda m: m.text, chunks=7)
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
-        server.user_message(OWNER, text)
-        await server.outbox.wait_for(lambda: [m.text for m in server.outbox.in_chat(str(OWNER))] == [text], timeout=15)
-    assert responder.calls[0].text == text
-
-
-async def test_a_burst_of_100_messages_from_20_chats_gets_every_reply_once(
-    server: TelegramServer, tmp_path: Path
-) -> None:
-    senders = [600 + i for i in range(20)]
-    settings = fast(server, allow_from=[str(s) for s in senders], rate_limit_burst=10)
-    responder = ScriptedResponder(chunks=2)
-    sent: dict[str, str] = {}
-    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
-        for round_ in range(5):
-            for sender in senders:
-                text = f"chat {sender} message {round_}"
-                sent[f"{sender}:{server.user_message(sender, text)}"] = text
-        await server.outbox.wait_for(
-            lambda: sum(1 for m in server.outbox.all() if m.text.startswith("You said:")) >= 100, timeout=60
-        )
-        await asyncio.sleep(0.3)  # anything sent twice would show up by now
-    replies = server.outbox.all()
-    assert len(replies) == 100
-    assert sorted(f"{m.chat_id}:{m.reply_to}" for m in replies) == sorted(sent)
-    for m in replies:
-        assert m.text == f"You said: {sent[f'{m.chat_id}:{m.reply_to}']}"
 
 
 async def test_bots_are_ignored_and_groups_need_a_mention_and_an_allowlist(
@@ -415,29 +253,6 @@ async def test_webhook_mode_with_a_webhook_telegram_refuses_fails_with_the_reaso
     async with wired(connector, settings, ScriptedResponder(), tmp_path):
         health = connector.health()
     assert health.state == "failed" and "an https url must be provided" in health.detail.lower()
-
-
-async def test_a_bad_token_fails_the_connector_with_a_reason(server: TelegramServer, tmp_path: Path) -> None:
-    settings = fast(server, token=Secret("999:not-the-token"))
-    connector = TelegramConnector(settings)
-    async with wired(connector, settings, ScriptedResponder(), tmp_path):
-        health = connector.health()
-    assert health.state == "failed" and "rejected the bot token" in health.detail
-    assert "not-the-token" not in health.detail
-
-
-async def test_the_token_never_reaches_the_log_output(server: TelegramServer, tmp_path: Path, caplog) -> None:
-    # The token is part of every Bot API URL, and httpx logs each request's URL: the
-    # box's log formatters must mask it, whatever the level.
-    settings = fast(server)
-    caplog.set_level(logging.DEBUG)
-    async with wired(TelegramConnector(settings), settings, ScriptedResponder(), tmp_path):
-        server.user_message(OWNER, "hello")
-        await server.outbox.wait_for_text(str(OWNER), "You said: hello")
-    assert any(server.token in r.getMessage() for r in caplog.records), "the URLs with the token were logged"
-    for formatter in (JsonFormatter(), TextFormatter()):
-        written = "\n".join(formatter.format(r) for r in caplog.records)
-        assert "sendMessage" in written and server.token not in written
 
 
 def test_config_errors_name_the_key() -> None:

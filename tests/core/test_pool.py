@@ -11,7 +11,7 @@ import pytest
 from models.catalog import Catalog
 from models.kv_cache import SavedState, StateCache
 from models.pool import BusyError, ModelPool, ModelUnavailableError, PoolSettings
-from models.runtime import SamplingParams
+from models.sampling import SamplingParams
 
 Q = [{"role": "user", "content": "Tell me about the sea."}]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from models.catalog import Catalog
-from models.runtime import ContextLengthError, LocalModel, SamplingParams
+from models.runtime import ContextLengthError, LocalModel
+from models.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=40, temperature=0)
 

@@ -10,12 +10,12 @@ import torch
 from models.dspark.drafter import DSparkDrafter
 from models.dspark.model import DSpark, DSparkConfig
 from models.dspark.target_weights import load_embedding_and_head, read_shape
-from models.spec.engine import SpecEngine
-from models.spec.metrics import SpecStats
-from models.spec.profile import SpsProfile
-from models.spec.prompts import CHAT, CODE, COPY_HEAVY, chat_prompt
-from models.spec.scheduler import Scheduler
-from models.spec.target import LlamaTarget
+from models.speculative.engine import SpecEngine
+from models.speculative.metrics import SpecStats
+from models.speculative.profile import SpsProfile
+from models.speculative.prompts import CHAT, CODE, COPY_HEAVY, chat_prompt
+from models.speculative.scheduler import Scheduler
+from models.speculative.target import LlamaTarget
 
 # a GPU-shaped profile: the scheduler drafts long and often, so many drafts get rejected
 GPU = SpsProfile([1, 2, 4, 8, 16], [0.0100, 0.0101, 0.0102, 0.0105, 0.0115])
@@ -123,9 +123,10 @@ def test_runtime_serves_a_drafter_over_intermediate_layers(smollm2_path, layered
     """The daemon's model gets a capturing context when its drafter reads layers; its plain
     and accelerated answers stay the same."""
     from models.catalog import Catalog
-    from models.runtime import LocalModel, SamplingParams
-    from models.spec.accelerator import Accelerator
-    from models.spec.drafters.prompt_lookup import PromptLookupDrafter
+    from models.runtime import LocalModel
+    from models.sampling import SamplingParams
+    from models.speculative.accelerator import Accelerator
+    from models.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
     card = Catalog.load().get("smollm2-135m-instruct")
     model = LocalModel(card, smollm2_path, threads=1, n_ctx=2048, state_cache_bytes=0, kv_reuse=False)

@@ -7,11 +7,11 @@ import torch
 from scipy.stats import chisquare
 
 from models.dspark.drafter import DSparkDrafter
-from models.spec.sampling import Sampling, probs, sample
-from models.spec.verify import verify_sampled
+from models.sampling import GREEDY, SamplingParams, probs, sample
+from models.speculative.verify import verify_sampled
 from tests.dspark.conftest import tiny_model
 
-T1 = Sampling(temperature=1.0)
+T1 = SamplingParams(temperature=1.0, top_k=0, top_p=1.0)
 
 
 def _expected_q(model, context: list[int], hidden: np.ndarray, prev: int, j: int) -> np.ndarray:
@@ -102,7 +102,7 @@ def test_confidence_uses_the_hidden_state_and_the_previous_token_code() -> None:
     model = tiny_model()
     model.cfg.calibration = [1.0, 2.0, 0.5, 1.0]
     hidden = np.zeros((1, 32), dtype=np.float32)
-    d = DSparkDrafter(model, seed=0).propose([7, 8], 3, Sampling(), None, hidden)
+    d = DSparkDrafter(model, seed=0).propose([7, 8], 3, GREEDY, None, hidden)
     with torch.no_grad():
         x = torch.cat([model.embed[8].view(1, 1, -1), model.mask_embed.expand(1, 3, -1)], dim=1)
         ctx = model.context_kv(torch.zeros(1, 1, 32), torch.zeros(1, 1, dtype=torch.long))
@@ -121,6 +121,6 @@ def test_extend_stops_before_a_token_is_drawn() -> None:
         asked.append(len(conf))
         return len(conf) <= 2
 
-    d = DSparkDrafter(model, seed=0).propose([1, 2], 4, Sampling(), extend, np.zeros((1, 32), dtype=np.float32))
+    d = DSparkDrafter(model, seed=0).propose([1, 2], 4, GREEDY, extend, np.zeros((1, 32), dtype=np.float32))
     assert d.tokens and len(d.tokens) == 2 and len(d.confidence) == 2
     assert asked == [1, 2, 3]

@@ -9,12 +9,12 @@ import json
 import pytest
 
 from models.catalog import Catalog
-from models.dspark.checkpoint import CONFIG, WEIGHTS
-from models.dspark.registry import dspark_checkpoint, dspark_for_card
-from models.spec.engine import SpecEngine
-from models.spec.metrics import SpecStats
-from models.spec.prompts import CODE, COPY_HEAVY, chat_prompt
-from models.spec.target import LlamaTarget
+from models.dspark.drafter import dspark_for_card
+from models.dspark.registry import CONFIG, WEIGHTS, dspark_checkpoint
+from models.speculative.engine import SpecEngine
+from models.speculative.metrics import SpecStats
+from models.speculative.prompts import CODE, COPY_HEAVY, chat_prompt
+from models.speculative.target import LlamaTarget
 from tests.conftest import _pulled
 from tests.dspark.test_lossless import plain_greedy
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.dspark.calibrate import calibrate, ece, fit_temperatures
 from models.dspark.checkpoint import load_checkpoint, read_config
-from models.dspark.data import DataError, is_validation, load_examples, load_prompts
-from models.dspark.train import TrainSettings, build_model, evaluate_loss, train
-from models.spec.prompts import PROMPT_SETS
+from models.dspark_toolkit.calibrate import calibrate, ece, fit_temperatures
+from models.dspark_toolkit.data import DataError, is_validation, load_examples, load_prompts
+from models.dspark_toolkit.trainer import TrainSettings, build_model, evaluate_loss, train
+from models.speculative.prompts import PROMPT_SETS
 
 VAL = 8
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from aibox import backup
 from aibox.config import load_config
+from aibox.ops import backup
 from aibox.store import Store
 from connectors.tables import ApprovedSender, PairingCode
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aibox.config import parse_config
-from aibox.service import GPU_DROPIN, Layout, render_unit
+from aibox.ops.service import GPU_DROPIN, Layout, render_unit
 
 MAX_EXPOSURE = 2.5
 

@@ -13,7 +13,7 @@ import pytest
 
 from aibox.process import DaemonProcess
 from models.catalog import Catalog
-from tests.servers.telegram import TelegramServer
+from aibox.bench.platforms.telegram import TelegramServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

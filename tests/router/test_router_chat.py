@@ -1,5 +1,5 @@
 """Long answers in a chat, end to end: a real `aibox run` with the real models and the
-real Telegram connector against the local Bot API server (tests/servers/telegram.py).
+real Telegram connector against the local Bot API server (aibox/bench/platforms/telegram.py).
 A request the router predicts long is acknowledged at once and runs in the background on
 the long model with a status message edited as it grows, and /cancel stops it (the
 finished-answer path is in test_router_jobs.py; here answers are long so that the
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aibox.process import DaemonProcess
-from tests.servers.telegram import TelegramServer
+from aibox.bench.platforms.telegram import TelegramServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -16,11 +16,16 @@ import time
 import httpx
 import pytest
 
+from sqlalchemy import select
+
 from aibox.router.fallback import AllModelsFailed, Backends, FallbackStream
+from aibox.store import Store
+from aibox.store.schema import Generation
+from aibox.usage import UsageLog, UsageTags
 from models.catalog import Catalog, ModelCard
 from models.pool import ModelPool, PoolSettings
 from models.remote import RemoteError, RemoteModel, RemoteModels
-from models.runtime import SamplingParams
+from models.sampling import SamplingParams
 
 KEY = "test-key-5b1f0c"
 ASK = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
@@ -118,9 +123,10 @@ async def test_server_killed_mid_answer_falls_back_to_a_local_model(server, tmp_
     catalog = _catalog_with(tmp_path, _card(url))
     pool = ModelPool(catalog, PoolSettings(models_dir=models_dir, threads=1, n_ctx=2048))
     remotes = RemoteModels(catalog, read_timeout_s=120)  # a loaded shared CPU can take long to prefill
-    served: list[str] = []
-    stream = FallbackStream(Backends(catalog, pool, remotes), ["cluster-smol", "smollm2-135m-instruct"], ASK,
-                            SamplingParams(max_tokens=200, temperature=0), on_finished=lambda m, _s: served.append(m))
+    store = Store.open(f"sqlite:///{tmp_path / 'aibox.db'}")
+    usage = UsageLog(store)
+    stream = FallbackStream(Backends(catalog, pool, remotes, usage), ["cluster-smol", "smollm2-135m-instruct"], ASK,
+                            SamplingParams(max_tokens=200, temperature=0), UsageTags("api"))
     pieces: list[str] = []
 
     async def consume() -> None:
@@ -135,12 +141,16 @@ async def test_server_killed_mid_answer_falls_back_to_a_local_model(server, tmp_
         assert "(cluster-smol stopped mid-answer; smollm2-135m-instruct answers in full below.)" in text
         assert text.split("answers in full below.)", 1)[1].strip()
         assert stream.model == "smollm2-135m-instruct"
-        assert served == ["smollm2-135m-instruct"]
+        await usage.drain()
+        with store.session() as s:
+            served = list(s.scalars(select(Generation.model)))
+        assert served == ["smollm2-135m-instruct"], "only the generation that finished is recorded"
         assert [m for m, _ in stream.failures] == ["cluster-smol"]
         assert remotes.in_flight("cluster-smol") == 0
     finally:
         await remotes.close()
         await pool.close()
+        store.close()
 
 
 async def test_unreachable_remote_falls_back_with_one_line_note(tmp_path, models_dir):
@@ -149,12 +159,12 @@ async def test_unreachable_remote_falls_back_with_one_line_note(tmp_path, models
     remotes = RemoteModels(catalog)
     try:
         stream = FallbackStream(Backends(catalog, pool, remotes), ["cluster-smol", "smollm2-135m-instruct"],
-                                [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=8, temperature=0))
+                                [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=8, temperature=0), UsageTags("api"))
         text = await stream.text()
         first, _, rest = text.partition("\n\n")
         assert first == "(cluster-smol is unreachable; answered by smollm2-135m-instruct.)"
         assert rest.strip()
-        only_remote = FallbackStream(Backends(catalog, pool, remotes), ["cluster-smol"], ASK, SamplingParams(max_tokens=4))
+        only_remote = FallbackStream(Backends(catalog, pool, remotes), ["cluster-smol"], ASK, SamplingParams(max_tokens=4), UsageTags("api"))
         with pytest.raises(AllModelsFailed, match="cluster-smol is unreachable"):
             await only_remote.text()
     finally:

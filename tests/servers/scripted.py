@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aibox.store import Store
-from connectors.audit import AuditLog
+from connectors.audit_log import AuditLog
 from connectors.base import Connector, InboundMessage
 from connectors.gateway import Gateway
 from connectors.pairing import Pairing

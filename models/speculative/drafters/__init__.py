@@ -1,0 +1,1 @@
+"""Drafters: cheap guessers of the next tokens, checked losslessly by the target. May import: models (not aibox, agents, connectors)."""
