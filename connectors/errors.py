@@ -7,6 +7,9 @@ to know which platform it is talking to:
 - `TransientError`: a 5xx answer or a dropped connection; retry with backoff.
 - `ConnectorError`: anything else (bad request, forbidden, message gone); retrying
   would not help.
+- `Undeliverable`: the platform refuses this reply for good (e.g. WhatsApp's error
+  131047, outside the 24-hour window); the message gets a terminal state in the inbox
+  instead of being retried at every start.
 """
 
 from __future__ import annotations
@@ -26,3 +29,11 @@ class RateLimited(ConnectorError):
 
 class TransientError(ConnectorError):
     """A server error or a dropped connection: the same call may well succeed later."""
+
+
+class Undeliverable(ConnectorError):
+    """The platform will never accept this reply in this chat; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
