@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from agents.definition import AgentFileError, load_agent
-from aibox.cli.client import admin_call
-from aibox.cli.common import EXIT_DATAERR, JsonOption, console, fail, get_config, print_json
+from aibox.cli.client import admin_show
+from aibox.cli.common import EXIT_DATAERR, JsonOption, console, fail
 
 app = typer.Typer(help="List, inspect, add, remove, enable and disable agents.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List and cancel scheduled jobs, and show their runs.", no_args_is_help=True)
@@ -23,9 +23,8 @@ jobs_app = typer.Typer(help="List and cancel scheduled jobs, and show their runs
 @app.command("list")
 def list_agents(ctx: typer.Context, json: bool = JsonOption) -> None:
     """Show every agent, where its file is, its model policy and whether it is enabled."""
-    data = admin_call(get_config(ctx), "GET", "/agents")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "GET", "/agents", json)
+    if data is None:
         return
     table = Table("name", "enabled", "default", "model", "tools", "source", "description")
     for a in data["agents"]:
@@ -39,9 +38,8 @@ def list_agents(ctx: typer.Context, json: bool = JsonOption) -> None:
 @app.command()
 def show(ctx: typer.Context, name: str = typer.Argument(..., help="Agent name."), json: bool = JsonOption) -> None:
     """Print an agent's settings and its file."""
-    data = admin_call(get_config(ctx), "GET", f"/agents/{name}")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "GET", f"/agents/{name}", json)
+    if data is None:
         return
     console.print(f"[bold]{data['name']}[/bold] ({data['source']}, {'enabled' if data['enabled'] else 'disabled'}) {data['path']}")
     console.print(data["file"], markup=False, highlight=False)
@@ -54,9 +52,8 @@ def add(ctx: typer.Context, file: Path = typer.Argument(..., help="An agent TOML
         load_agent(file)
     except AgentFileError as e:
         fail(str(e), EXIT_DATAERR)
-    data = admin_call(get_config(ctx), "POST", "/agents", json={"filename": file.name, "toml": file.read_text(encoding="utf-8")})
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "POST", "/agents", json, json={"filename": file.name, "toml": file.read_text(encoding="utf-8")})
+    if data is None:
         return
     console.print(f"Added agent {data['name']} ({data['path']}).")
 
@@ -64,17 +61,15 @@ def add(ctx: typer.Context, file: Path = typer.Argument(..., help="An agent TOML
 @app.command("rm")
 def remove(ctx: typer.Context, name: str = typer.Argument(..., help="A user agent's name."), json: bool = JsonOption) -> None:
     """Remove a user agent (shipped agents can only be disabled)."""
-    data = admin_call(get_config(ctx), "DELETE", f"/agents/{name}")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "DELETE", f"/agents/{name}", json)
+    if data is None:
         return
     console.print(f"Removed agent {name} ({data['path']}).")
 
 
 def _toggle(ctx: typer.Context, name: str, action: str, json: bool) -> None:
-    data = admin_call(get_config(ctx), "POST", f"/agents/{name}/{action}")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "POST", f"/agents/{name}/{action}", json)
+    if data is None:
         return
     console.print(f"Agent {name} is {'enabled' if data['enabled'] else 'disabled'}.")
 
@@ -94,9 +89,8 @@ def disable(ctx: typer.Context, name: str = typer.Argument(..., help="Agent name
 @jobs_app.command("list")
 def list_jobs(ctx: typer.Context, json: bool = JsonOption) -> None:
     """Show active scheduled jobs with their next run and failures in a row."""
-    data = admin_call(get_config(ctx), "GET", "/jobs")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "GET", "/jobs", json)
+    if data is None:
         return
     if not data["jobs"]:
         console.print("No scheduled jobs.")
@@ -111,9 +105,8 @@ def list_jobs(ctx: typer.Context, json: bool = JsonOption) -> None:
 @jobs_app.command()
 def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id from `aibox jobs list`."), json: bool = JsonOption) -> None:
     """Cancel a scheduled job."""
-    data = admin_call(get_config(ctx), "DELETE", f"/jobs/{job_id}")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "DELETE", f"/jobs/{job_id}", json)
+    if data is None:
         return
     console.print(f"Cancelled job {data['cancelled']}.")
 
@@ -121,9 +114,8 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id fr
 @jobs_app.command()
 def runs(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id from `aibox jobs list`."), json: bool = JsonOption) -> None:
     """Show a job's recent runs: when, status, runs it stood for, error."""
-    data = admin_call(get_config(ctx), "GET", f"/jobs/{job_id}/runs")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "GET", f"/jobs/{job_id}/runs", json)
+    if data is None:
         return
     if not data["runs"]:
         console.print(f"Job {job_id} has not run yet.")

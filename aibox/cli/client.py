@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import typer
 
-from aibox.cli.common import EXIT_UNAVAILABLE, fail
+from aibox.cli.common import EXIT_UNAVAILABLE, fail, get_config, print_json
 from aibox.config import Config
 
 
@@ -40,6 +41,16 @@ class AdminClient:
 
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs)
+
+
+def admin_show(ctx: typer.Context, method: str, path: str, as_json: bool, **kwargs: Any) -> Any | None:
+    """One admin request for a command with `--json`: under it the answer is printed as
+    JSON and None comes back (the command is done); otherwise the command renders it."""
+    data = admin_call(get_config(ctx), method, path, **kwargs)
+    if as_json:
+        print_json(data)
+        return None
+    return data
 
 
 def admin_call(config: Config, method: str, path: str, **kwargs: Any) -> Any:

@@ -68,10 +68,7 @@ def install(
         fail(str(e), EXIT_CONFIG)
     except service.ServiceError as e:
         fail(str(e))
-    if not done:
-        console.print("aibox.service is installed, enabled and running; nothing to change")
-    for line in done:
-        console.print(f"[green]✓[/green] {line}")
+    _report(done, "aibox.service is installed, enabled and running; nothing to change")
 
 
 @app.command("uninstall")
@@ -81,8 +78,13 @@ def uninstall() -> None:
         done = service.uninstall(service.Layout())
     except service.ServiceError as e:
         fail(str(e))
+    _report(done, "aibox.service is not installed; nothing to remove")
+
+
+def _report(done: list[str], nothing: str) -> None:
+    """What a change did, one line a step, or `nothing` when it had nothing to do."""
     if not done:
-        console.print("aibox.service is not installed; nothing to remove")
+        console.print(nothing)
     for line in done:
         console.print(f"[green]✓[/green] {line}")
 

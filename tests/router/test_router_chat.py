@@ -45,7 +45,11 @@ async def test_long_answer_runs_in_the_background_and_cancel_stops_it(tmp_path: 
         await asyncio.to_thread(daemon.start)
         try:
             asked = telegram.user_message(CHAT, LONG_ASK)
-            await telegram.outbox.wait_for(lambda: any(t.startswith("Writing…") for t in _texts(telegram)), timeout=600)
+            try:
+                await telegram.outbox.wait_for(lambda: any(t.startswith(("Writing…", "Done:")) for t in _texts(telegram)), timeout=600)
+            except TimeoutError:
+                pytest.fail(f"no progress in the chat: {_texts(telegram)}\n{daemon.log_tail()}")
+            assert not any(t.startswith("Done:") for t in _texts(telegram)), f"the answer was too short to cancel: {_texts(telegram)}"
             messages = telegram.outbox.in_chat(str(CHAT))
             ack = next(m for m in messages if m.reply_to == str(asked))
             assert ack.text.startswith("On it: that is a long answer")

@@ -5,7 +5,6 @@ May import: aibox.store, agents.tables, connectors.tables."""
 from alembic import context
 
 import agents.tables  # noqa: F401  (registers the agents' tables on Base)
-import aibox.store.schema  # noqa: F401
 import connectors.tables  # noqa: F401  (registers the connectors' tables on Base)
 from aibox.store.schema import Base
 
