@@ -13,6 +13,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -24,6 +25,9 @@ from typing import Any
 from aibox.secrets import redact
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# uvicorn's copy of its message with terminal colours: never wanted in a log file
+_DROPPED = {"color_message"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,18 +39,29 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and key not in _DROPPED and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         # Redact each value before encoding too: JSON escaping could otherwise split a token
         # that contains a quote or backslash so that the final pass no longer sees it.
-        return redact(json.dumps(_redact_values(entry), default=lambda o: redact(str(o)), ensure_ascii=False))
+        return encodable(redact(json.dumps(_redact_values(entry), default=lambda o: redact(str(o)), ensure_ascii=False)))
+
+
+def encodable(line: str) -> str:
+    """The line without terminal escapes and with any lone surrogate (text a client sent
+    that is not valid Unicode) spelled as `\\udXXX`, so that writing it never fails."""
+    line = _ANSI.sub("", line)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "backslashreplace").decode("utf-8")
+    return line
 
 
 def _redact_values(value: Any) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return _ANSI.sub("", redact(value))
     if isinstance(value, dict):
         return {k: _redact_values(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -59,7 +74,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return encodable(redact(super().format(record)))
 
 
 _SYSLOG_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}

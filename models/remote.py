@@ -64,6 +64,14 @@ def request_body(endpoint: RemoteEndpoint, messages: Sequence[Message], params: 
         body["stop"] = list(params.stop)
     if params.grammar:
         body["grammar"] = params.grammar
+    if params.presence_penalty:
+        body["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty:
+        body["frequency_penalty"] = params.frequency_penalty
+    if params.repeat_penalty != 1.0:
+        body["repeat_penalty"] = params.repeat_penalty
+    if params.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
     return body
 
 

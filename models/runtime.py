@@ -37,6 +37,10 @@ class ContextLengthError(ValueError):
     """The prompt does not fit the model's context window."""
 
 
+class SamplingError(ValueError):
+    """Sampling parameters this model cannot apply (a logit bias on a token it does not have)."""
+
+
 class LocalModel:
     """A loaded model and its single llama.cpp context (one conversation's KV at a time,
     others parked in a byte-bounded LRU of saved states)."""
@@ -159,6 +163,16 @@ class LocalModel:
             llama_cpp.llama_sampler_chain_add(sampler.sampler, lazy)
         elif params.grammar:
             sampler.add_grammar(self.llm._model, LlamaGrammar.from_string(params.grammar, verbose=False))
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(*params.logit_bias)
+            llama_cpp.llama_sampler_chain_add(
+                sampler.sampler, llama_cpp.llama_sampler_init_logit_bias(self.llm.n_vocab(), len(biases), biases)
+            )
+        if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
+            # over the whole answer (llama.cpp counts the last N sampled tokens)
+            last_n = min(params.max_tokens, self.n_ctx)
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, llama_cpp.llama_sampler_init_penalties(
+                self.llm.n_vocab(), last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
         if params.greedy:
             sampler.add_greedy()
         else:
@@ -170,6 +184,12 @@ class LocalModel:
             sampler.add_temp(params.temperature)
             sampler.add_dist(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         return sampler
+
+    def check_params(self, params: SamplingParams) -> None:
+        vocab = self.llm.n_vocab()
+        for token, _bias in params.logit_bias:
+            if not 0 <= token < vocab:
+                raise SamplingError(f"logit_bias: token {token} is not in {self.card.name}'s vocabulary of {vocab} tokens")
 
     def check_fits(self, prompt: list[int]) -> None:
         if len(prompt) >= self.n_ctx:

@@ -27,6 +27,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF: constrains the output (tool calls as JSON)
     grammar_trigger: str | None = None  # regex over the output so far: the grammar applies once it matches
+    # OpenAI's penalties (-2..2, 0 off) and llama.cpp's repeat penalty (1 off), over the answer so far
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -37,6 +42,13 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether penalties or biases change the logits (only llama.cpp's sampler applies them)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repeat_penalty != 1.0 or self.logit_bias)
 
     @property
     def greedy(self) -> bool:

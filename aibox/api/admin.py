@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from aibox.api.errors import ApiError, api_error_response
+from aibox.api.errors import ERROR_HANDLERS, ApiError
 from models.catalog import Catalog, CatalogError
 from models.pool import ModelPool
 
@@ -36,4 +36,4 @@ def build_admin_app(status: Callable[[], dict[str, Any]], catalog: Catalog, pool
         Route("/status", show_status, methods=["GET"]),
         Route("/models/{name}/unload", unload, methods=["POST"]),
     ]
-    return Starlette(routes=[*own, *routes], exception_handlers={ApiError: api_error_response})
+    return Starlette(routes=[*own, *routes], exception_handlers=ERROR_HANDLERS)

@@ -9,7 +9,9 @@ A model fails when it cannot load (ModelUnavailableError), its queue is full
 (RemoteError), or generation raises. The next model in the decision's order then
 serves, and the reply starts with one short line saying so. When a model fails after
 part of its answer was already streamed, that part cannot be unsent: a line says the
-answer restarts, and the next model answers in full.
+answer restarts, and the next model answers in full. Without notes (the HTTP API, whose
+answer names the serving model in `model`), nothing is added to the text, and a failure
+mid-answer ends the stream with the error instead of a second answer behind the first.
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ FAILURES = (BusyError, ModelUnavailableError, RemoteError, ContextLengthError, C
 
 
 class AllModelsFailed(Exception):
-    """No candidate could serve the request; the message lists why each one failed."""
+    """No candidate could serve the request; the message lists why each one failed, and
+    `errors` holds each one's error, so a caller can tell a prompt too long for every
+    model (the client's to fix) from models busy for now."""
+
+    def __init__(self, message: str, errors: Sequence[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
 
 
 def _why(error: BaseException) -> str:
@@ -119,10 +127,12 @@ class FallbackStream(TextStream):
     """Text of the answer from the first model in `order` that serves it.
 
     `model` is the one that served (set once it starts answering), `failures` what went
-    wrong before, `stats` the serving generation's figures."""
+    wrong before, `stats` the serving generation's figures. `notes`: say in the text when
+    another model answers than the one chosen (chat apps, where the text is all there is)."""
 
     def __init__(
         self, backends: Backends, order: Sequence[str], messages: Sequence[Message], params: SamplingParams, tags: UsageTags,
+        notes: bool = True,
     ) -> None:
         if not order:
             raise ValueError("no model to try")
@@ -134,6 +144,8 @@ class FallbackStream(TextStream):
         self.model: str | None = None
         self.stats: GenerationStats | None = None
         self.failures: list[tuple[str, str]] = []
+        self.notes = notes
+        self._errors: list[BaseException] = []
         self._current = None
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -152,7 +164,7 @@ class FallbackStream(TextStream):
                 stream = await self.backends.open(model, self.messages, self.params, self.tags)
                 self._current = stream
                 async for piece in stream:
-                    if not sent_any and not noted and model != wanted:
+                    if self.notes and not sent_any and not noted and model != wanted:
                         why = self.failures[0][1].split(":", 1)[0]
                         yield f"({wanted} {why}; answered by {model}.)\n\n"
                         noted = True
@@ -161,6 +173,9 @@ class FallbackStream(TextStream):
                     yield piece
             except FAILURES as e:
                 log.warning("model failed, falling back", extra={"model": model, "error": str(e), "streamed": sent_any})
+                self._errors.append(e)
+                if sent_any and not self.notes:
+                    raise AllModelsFailed(f"{model} stopped mid-answer: {e}", [e]) from None
                 if sent_any:
                     self.failures.append((model, f"stopped mid-answer: {e}"))
                     following = self._next_after(model)
@@ -177,7 +192,7 @@ class FallbackStream(TextStream):
             self.model = model
             return
         reasons = "; ".join(f"{m} {why}" for m, why in self.failures)
-        raise AllModelsFailed(f"no model could answer: {reasons}")
+        raise AllModelsFailed(f"no model could answer: {reasons}", self._errors)
 
     def _next_after(self, model: str) -> str | None:
         i = self.order.index(model)
