@@ -69,6 +69,7 @@ class Connector(abc.ABC):
     platform: str
     max_text: int
     supports_edit: bool = True  # False: the reply streamer sends finished pieces instead of editing
+    length_unit: Literal["char", "utf-16"] = "char"  # what `max_text` counts (Telegram: UTF-16 code units)
 
     def __init__(self) -> None:
         self._health = Health("stopped")

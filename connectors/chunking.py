@@ -7,6 +7,9 @@ own; a block longer than a whole message is cut at a line break, closed with a f
 at the end of one message and reopened (same language tag) at the start of the next,
 so every message renders as code on its own.
 
+`unit = "utf-16"` counts the limit in UTF-16 code units, as Telegram does (most emoji
+count two): each cut then gets as many characters as fit that many units.
+
 The split is greedy and looks only at the first `limit` characters of what is left, so
 while a reply is still streaming, every piece but the last is already final: the reply
 streamer relies on that to send finished pieces early.
@@ -29,7 +32,7 @@ _CLOSE = "\n```"
 _JOINERS = {"\u200d", "\u200c", "\u2060", "\ufe0e", "\ufe0f"}
 
 
-def split_text(text: str, limit: int) -> list[str]:
+def split_text(text: str, limit: int, unit: str = "char") -> list[str]:
     """Cuts `text` into pieces of at most `limit` characters each (see the module doc).
 
     Whitespace at a cut is dropped; nothing else is lost or reordered. An empty or
@@ -40,10 +43,11 @@ def split_text(text: str, limit: int) -> list[str]:
     pieces: list[str] = []
     rest = text.strip("\n")
     while rest.strip():
-        if len(rest) <= limit:
+        room = limit if unit == "char" else _fitting(rest, limit)
+        if len(rest) <= room:
             pieces.append(rest.rstrip())
             break
-        cut, reopen = _cut(rest, limit)
+        cut, reopen = _cut(rest, room)
         head = rest[:cut].rstrip()
         if reopen is not None:
             head += _CLOSE
@@ -53,6 +57,16 @@ def split_text(text: str, limit: int) -> list[str]:
         if reopen is not None:
             rest = reopen + "\n" + rest
     return pieces
+
+
+def _fitting(text: str, units: int) -> int:
+    """How many characters from the start of `text` fit in `units` UTF-16 code units."""
+    used = 0
+    for count, ch in enumerate(text[:units]):
+        used += 2 if ord(ch) > 0xFFFF else 1
+        if used > units:
+            return count
+    return min(len(text), units)
 
 
 def _cut(text: str, limit: int) -> tuple[int, str | None]:

@@ -12,6 +12,9 @@ and a message answered again edits that earlier message instead of appearing as 
 reply. The only gap left is a kill between the platform accepting a message and the
 journal write (a few milliseconds).
 
+A reply the platform refuses for good (or that could not be delivered for a day) ends
+as "undeliverable": never retried, counted in `aibox status`, its reason in the audit log.
+
 Answered messages are kept for `agents.inbox_retention_days` (platforms redeliver within
 hours, so that is enough to recognise a duplicate) and then deleted with their text;
 unanswered ones are never deleted.
@@ -55,7 +58,7 @@ class Inbox:
                         status="pending", attempts=1,
                     ))
                     return True
-                if row.status == "answered":
+                if row.status in ("answered", "undeliverable"):
                     return False
                 row.attempts += 1
                 return True
@@ -86,12 +89,19 @@ class Inbox:
     async def answered(self, msg: InboundMessage) -> None:
         if msg.key in self._held:
             return
+        await self._finish(msg, "answered")
 
+    async def undeliverable(self, msg: InboundMessage) -> None:
+        """The terminal state: the reply will never reach the chat; it is not retried."""
+        self._held.discard(msg.key)
+        await self._finish(msg, "undeliverable")
+
+    async def _finish(self, msg: InboundMessage, status: str) -> None:
         def write() -> None:
             with self.store.session() as s:
                 row = s.get(InboxMessage, msg.key)
                 if row is not None:
-                    row.status, row.answered_at = "answered", utcnow()
+                    row.status, row.answered_at = status, utcnow()
 
         try:
             await asyncio.to_thread(write)
@@ -116,7 +126,8 @@ class Inbox:
         """Deletes answered messages answered longer ago than `keep`; returns how many."""
         cutoff = utcnow() - keep
         with self.store.session() as s:
-            result = s.execute(delete(InboxMessage).where(InboxMessage.status == "answered", InboxMessage.answered_at < cutoff))
+            done = InboxMessage.status.in_(("answered", "undeliverable"))
+            result = s.execute(delete(InboxMessage).where(done, InboxMessage.answered_at < cutoff))
             return result.rowcount or 0
 
     async def prune_daily(self, keep: timedelta) -> None:

@@ -77,7 +77,7 @@ class ConnectorManager:
         self.pairing = Pairing(store, {name: s.owner for name, s in self.settings.items()})
         self.audit = AuditLog(store)
         self.outbound = outbound if outbound is not None else Outbound(inbox)
-        self.gateway = Gateway(self.pairing, self.audit, responder, inbox=inbox, outbound=self.outbound)
+        self.gateway = Gateway(self.pairing, self.audit, responder, inbox=inbox, outbound=self.outbound, alert_owner=self.alert_owner)
         self.connectors: dict[str, Connector] = {}
         self._problems: dict[str, Health] = {}
 
@@ -103,6 +103,28 @@ class ConnectorManager:
             log.error("connector %s failed to start: %s", name, state.detail)
         else:
             log.info("connector %s started", name)
+
+    def reload(self, config: Config) -> list[str]:
+        """Applies a reloaded config's access settings (dm_policy, allow lists, owner,
+        admins, groups, rate limits, edit pacing) to the running connectors in place;
+        returns the platforms whose other settings (tokens, URLs, enabling) changed and
+        apply after a restart. Raises ConfigError for an invalid table, changing nothing."""
+        fresh = load_settings(config.connectors)
+        needs_restart = sorted(set(fresh) ^ set(self.settings))
+        for name, new in fresh.items():
+            old = self.settings.get(name)
+            if old is None:
+                continue
+            access = {key: getattr(new, key) for key in ConnectorSettings.model_fields if key != "enabled"}
+            if old.model_copy(update=access) != new:
+                needs_restart.append(name)
+            applied = old.model_copy(update=access)
+            self.settings[name] = applied
+            self.pairing.configured_owners[name] = applied.owner
+            if name in self.connectors:
+                self.gateway.update_settings(name, applied)
+                self.outbound.streamer(name).pacer.interval = applied.edit_interval_s
+        return needs_restart
 
     async def stop(self) -> None:
         await self.gateway.drain()
@@ -152,6 +174,11 @@ class ConnectorManager:
         self.audit.record(approved.platform, "pairing_approved", approved.chat_id, approved.sender_id, "via admin api")
         self.gateway.notify_approved(approved.platform, approved.chat_id)
         return approved
+
+    def deny(self, code: str) -> Pending:
+        pending = self.pairing.deny(code)
+        self.audit.record(pending.platform, "pairing_denied", pending.chat_id, pending.sender_id, "via admin api")
+        return pending
 
     def revoke(self, sender: str) -> list[Approved]:
         gone = self.pairing.revoke(sender)

@@ -80,6 +80,7 @@ class Journal(Connector):
         self.platform = inner.platform
         self.max_text = inner.max_text
         self.supports_edit = inner.supports_edit
+        self.length_unit = inner.length_unit
 
     async def start(self, sink: MessageSink) -> None:
         await self.inner.start(sink)

@@ -59,13 +59,18 @@ async def call_with_retry(
     op: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     on_rate_limited: Callable[[float], None] | None = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> T:
     """Runs one platform call until it succeeds, waiting out 429s and retrying
-    transient failures; `ConnectorError`s and exhausted retries propagate."""
+    transient failures; `ConnectorError`s and exhausted retries propagate.
+    `on_retry` runs just before each repeated call: a retried write is a write, and
+    the chat's pacer must count it (else the next edit follows it within milliseconds)."""
     failures = 0
     waited = 0.0
     while True:
         try:
+            if (failures or waited) and on_retry is not None:
+                on_retry()
             return await op()
         except RateLimited as e:
             if waited + e.retry_after > policy.max_rate_limit_wait:
@@ -168,9 +173,10 @@ class ReplyStreamer:
         edited is sent anew. Returns the id of the message that now shows `text`."""
         pace_key = f"{self.connector.platform}:{chat_id}"
         hold = lambda seconds: self.pacer.hold(pace_key, seconds)  # noqa: E731
+        again = lambda: self.pacer.mark(pace_key)  # noqa: E731
         await self.pacer.wait_turn(pace_key)
         try:
-            await call_with_retry(lambda: self.connector.edit(chat_id, message_id, text), self.policy, hold)
+            await call_with_retry(lambda: self.connector.edit(chat_id, message_id, text), self.policy, hold, again)
             return message_id
         except (RateLimited, TransientError):
             raise
@@ -179,7 +185,7 @@ class ReplyStreamer:
                 return message_id
             log.info("cannot edit message %s in %s (%s): sending its text anew", message_id, pace_key, e)
         await self.pacer.wait_turn(pace_key)
-        return await call_with_retry(lambda: self.connector.send(chat_id, text, None), self.policy, hold)
+        return await call_with_retry(lambda: self.connector.send(chat_id, text, None), self.policy, hold, again)
 
 
 class _Reply:
@@ -253,7 +259,7 @@ class _Reply:
 
     async def _sync(self, text: str, final: bool) -> None:
         """Makes the chat show `text`: edits parts that changed, sends new ones."""
-        pieces = split_text(text, self.limit)
+        pieces = split_text(text, self.limit, self.connector.length_unit)
         if not self.can_edit and not final:
             pieces = pieces[:-1]
         for i, piece in enumerate(pieces):
@@ -276,7 +282,7 @@ class _Reply:
             self.pacer.mark(self.pace_key)
         reply_to = self.reply_to if not self.parts else None
         message_id = await call_with_retry(
-            lambda: self.connector.send(self.chat_id, piece, reply_to), self.policy, self._hold
+            lambda: self.connector.send(self.chat_id, piece, reply_to), self.policy, self._hold, self._again
         )
         self.parts.append(_Part(message_id, piece))
 
@@ -285,7 +291,7 @@ class _Reply:
         part = self.parts[index]
         try:
             await call_with_retry(
-                lambda: self.connector.edit(self.chat_id, part.message_id, piece), self.policy, self._hold
+                lambda: self.connector.edit(self.chat_id, part.message_id, piece), self.policy, self._hold, self._again
             )
         except (RateLimited, TransientError):
             raise
@@ -293,12 +299,15 @@ class _Reply:
             log.info("cannot edit message %s in %s (%s): sending its text anew", part.message_id, self.pace_key, e)
             await self._turn()
             part.message_id = await call_with_retry(
-                lambda: self.connector.send(self.chat_id, piece, None), self.policy, self._hold
+                lambda: self.connector.send(self.chat_id, piece, None), self.policy, self._hold, self._again
             )
         part.shown = piece
 
     def _hold(self, seconds: float) -> None:
         self.pacer.hold(self.pace_key, seconds)
+
+    def _again(self) -> None:
+        self.pacer.mark(self.pace_key)
 
     async def _keep_typing(self) -> None:
         """Shows "typing…" until the answer is complete. An answer that is ready within

@@ -6,9 +6,18 @@ skipped instead of wedging the offset (PTB's updater re-fetches the same batch f
 when one update fails to parse), and reconnects need our backoff with jitter and a
 health state `aibox status` can show.
 
-A batch that PTB cannot parse is fetched again raw and parsed update by update; the
-offset moves past every update seen, parsed or not, and is confirmed with a last
-`getUpdates(timeout=0)` on stop so that a restart does not replay old messages.
+Updates are fetched raw and parsed one by one, so a malformed one is skipped alone (and
+PTB's own parser, which logs a failed batch with the messages' text at CRITICAL, is never
+used); the offset moves past every update seen, parsed or not, and is confirmed with a
+last `getUpdates(timeout=0)` on stop so that a restart does not replay old messages.
+
+Replies are Markdown rendered as Telegram HTML (connectors/markdown.py); when Telegram
+refuses the entities ("can't parse entities") the same text goes out plain. Lengths
+count UTF-16 code units, as Telegram does. A message without text is passed on with what
+can be read of it: its caption, the content of a small text document; a sticker or a
+photo alone arrives empty, and the gateway says it cannot read that yet. An edited
+message is answered as a new message, quoting the edit (its id carries the edit's date,
+so the inbox does not take it for a repeat). At start the bot's command menu is set.
 
 Webhook mode (`mode = "webhook"`) is for boxes behind an HTTPS reverse proxy: Telegram
 posts each update to `webhook_url`, with `webhook_secret` in a header that we check.
@@ -20,13 +29,14 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import warnings
 from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
-from telegram import Bot, Message, ReplyParameters, Update
-from telegram.constants import ChatAction, MessageEntityType
+from telegram import Bot, BotCommand, Message, ReplyParameters, Update
+from telegram.constants import ChatAction, MessageEntityType, ParseMode
 from telegram.error import (
     BadRequest,
     Conflict,
@@ -42,6 +52,8 @@ from telegram.warnings import PTBUserWarning
 
 from aibox.secrets import Secret, redact
 from connectors.base import Attachment, Connector, InboundMessage, MessageSink
+from connectors.commands import COMMANDS
+from connectors.markdown import to_telegram_html
 from connectors.errors import ConnectorError, RateLimited, TransientError
 from connectors.reconnect import Reconnect, Reconnecting
 from connectors.settings import ConnectorSettings
@@ -57,6 +69,28 @@ MAX_IN_FLIGHT = 16
 # After a batch fails to parse we fetch it raw through `do_api_request` (see the module
 # doc); PTB then advises using `get_updates`, which is exactly what failed.
 warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
+
+
+
+class _WithoutContent(logging.Filter):
+    """PTB logs every call's parameters and answer at DEBUG: the text of every message
+    sent and received. Keep the endpoint, drop the content (message text never reaches
+    the log, at any level)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(("Calling Bot API endpoint", "Call to Bot API endpoint")):
+            endpoint = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = "Bot API call `%s` (content not logged)", (endpoint,)
+        return True
+
+
+logging.getLogger("telegram.Bot").addFilter(_WithoutContent())
+logging.getLogger("telegram.ext.ExtBot").addFilter(_WithoutContent())
+
+UPDATES = ["message", "edited_message"]
+EDIT_MARK = "~edit"  # message ids of edits: "<id>~edit<edit date>"
+TEXT_DOCUMENT_BYTES = 64 * 1024  # a text document up to this size is read to the model
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-yaml", "application/toml")
 
 
 class TelegramSettings(ConnectorSettings):
@@ -87,6 +121,7 @@ class TelegramSettings(ConnectorSettings):
 class TelegramConnector(Connector):
     platform = "telegram"
     max_text = 4096
+    length_unit = "utf-16"
     settings_model = TelegramSettings
 
     def __init__(self, settings: TelegramSettings) -> None:
@@ -137,7 +172,8 @@ class TelegramConnector(Connector):
         self._listener = listener
         try:
             await self._bot.initialize()
-            await self._bot.set_webhook(s.webhook_url, secret_token=self._secret, allowed_updates=["message"])
+            await self._bot.set_webhook(s.webhook_url, secret_token=self._secret, allowed_updates=UPDATES)
+            await self._set_commands()
         except (InvalidToken, Forbidden) as e:
             self._set_health("failed", f"Telegram rejected the bot token: {e}")
             return
@@ -165,7 +201,15 @@ class TelegramConnector(Connector):
         assert self.bot is not None
         await self.bot.initialize()
         await self.bot.delete_webhook()
+        await self._set_commands()
         self._set_health("ok", f"polling as @{self.bot.username}")
+
+    async def _set_commands(self) -> None:
+        """The menu Telegram shows next to the text field; a refusal costs only the menu."""
+        try:
+            await self._bot.set_my_commands([BotCommand(name, what) for name, what in COMMANDS])
+        except (BadRequest, NetworkError) as e:
+            log.warning("telegram refused the command menu: %s", redact(str(e)))
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -182,16 +226,37 @@ class TelegramConnector(Connector):
         self._set_health("stopped", "")
 
     async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
-        reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True) if reply_to else None
-        message = await self._call(self._bot.send_message(chat_id, text, reply_parameters=reply))
+        quoted = int(reply_to.partition(EDIT_MARK)[0]) if reply_to else None
+        reply = ReplyParameters(quoted, allow_sending_without_reply=True) if quoted else None
+        message = await self._formatted(
+            lambda body, mode: self._bot.send_message(chat_id, body, parse_mode=mode, reply_parameters=reply), text
+        )
         return str(message.message_id)
 
     async def edit(self, chat_id: str, message_id: str, text: str) -> None:
         try:
-            await self._call(self._bot.edit_message_text(text, chat_id=chat_id, message_id=int(message_id)))
+            await self._formatted(
+                lambda body, mode: self._bot.edit_message_text(body, chat_id=chat_id, message_id=int(message_id), parse_mode=mode),
+                text,
+            )
         except ConnectorError as e:
             if "message is not modified" not in str(e).lower():
                 raise
+
+    async def _formatted(self, call: Any, text: str) -> Any:
+        """Sends `text` rendered as HTML; plain when Telegram cannot parse the entities, or
+        when the rendering shows nothing yet (a streamed answer that so far only opens a
+        code block), which Telegram refuses as an empty message."""
+        html = to_telegram_html(text)
+        if not re.sub(r"<[^>]*>", "", html).strip():
+            return await self._call(call(text, None))
+        try:
+            return await self._call(call(html, ParseMode.HTML))
+        except ConnectorError as e:
+            if "can't parse entities" not in str(e).lower() or isinstance(e, TransientError):
+                raise
+            log.info("telegram refused the formatting (%s); sending the text plain", e)
+        return await self._call(call(text, None))
 
     async def typing(self, chat_id: str) -> None:
         await self._call(self._bot.send_chat_action(chat_id, ChatAction.TYPING))
@@ -214,6 +279,8 @@ class TelegramConnector(Connector):
         except NetworkError as e:
             raise TransientError(redact(str(e))) from None
         except TelegramError as e:
+            if "invalid server response" in str(e).lower():  # a 200 cut off mid-body: it may have worked
+                raise TransientError(redact(str(e))) from None
             raise ConnectorError(redact(str(e))) from None
 
     async def _poll(self) -> None:
@@ -237,19 +304,10 @@ class TelegramConnector(Connector):
 
     async def _get_updates(self, timeout: int) -> list[tuple[int | None, Update | None]]:
         """The next batch as (update_id, update); the update is None when it is malformed."""
-        try:
-            updates = await self._bot.get_updates(
-                offset=self._offset, timeout=timeout, allowed_updates=["message"],
-                read_timeout=self.settings.request_timeout_s,
-            )
-            return [(u.update_id, u) for u in updates]
-        except TelegramError:
-            raise
-        except Exception:
-            log.warning("a Telegram update could not be parsed; fetching the batch again to skip only that one")
         raw = await self._bot.do_api_request(
             "getUpdates",
-            api_kwargs={"offset": self._offset, "timeout": 0, "allowed_updates": ["message"]},
+            api_kwargs={"offset": self._offset, "timeout": timeout, "allowed_updates": UPDATES},
+            read_timeout=self.settings.request_timeout_s + timeout,
         )
         if not isinstance(raw, list):
             raise NetworkError(f"getUpdates answered {type(raw).__name__}, not a list")
@@ -259,7 +317,8 @@ class TelegramConnector(Connector):
         if update_id is not None:
             self._offset = max(self._offset or 0, update_id + 1)
         try:
-            msg = self._inbound(update.message) if update is not None and update.message else None
+            message = (update.message or update.edited_message) if update is not None else None
+            msg = await self._inbound(message) if message is not None else None
         except Exception as e:  # one malformed update must not stop the others
             log.warning("skipped a malformed Telegram update %r: %s", update_id, e)
             return
@@ -272,7 +331,7 @@ class TelegramConnector(Connector):
         except Exception:
             log.exception("the gateway failed on Telegram update %s", update_id)
 
-    def _inbound(self, m: Message) -> InboundMessage | None:
+    async def _inbound(self, m: Message) -> InboundMessage | None:
         sender = m.from_user
         if sender is None or sender.is_bot:
             return None
@@ -280,11 +339,16 @@ class TelegramConnector(Connector):
         mentioned = self._mentions_bot(m)
         if mentioned:
             text = _without_mention(text, f"@{self._bot.username}")
+        if m.text is None:
+            text = await self._readable(m, text)
+        message_id = str(m.message_id)
+        if m.edit_date is not None:
+            message_id += f"{EDIT_MARK}{int(m.edit_date.timestamp())}"
         return InboundMessage(
             platform=self.platform,
             chat_id=str(m.chat.id),
             sender_id=str(sender.id),
-            message_id=str(m.message_id),
+            message_id=message_id,
             text=text,
             sender_name=sender.full_name,
             attachments=_attachments(m),
@@ -292,6 +356,24 @@ class TelegramConnector(Connector):
             is_direct=m.chat.type == "private",
             mentions_bot=mentioned,
         )
+
+    async def _readable(self, m: Message, caption: str) -> str:
+        """What the model can be given of a message without text: the caption, and the
+        content of a small text document; what it cannot see is named, so it does not
+        answer as if there were nothing."""
+        doc = m.document
+        if doc is not None and _is_text(doc.mime_type, doc.file_name) and (doc.file_size or 0) <= TEXT_DOCUMENT_BYTES:
+            try:
+                data = await (await self._call(self._bot.get_file(doc.file_id))).download_as_bytearray()
+                content = bytes(data[:TEXT_DOCUMENT_BYTES]).decode("utf-8")
+            except (ConnectorError, TelegramError, UnicodeDecodeError, OSError) as e:
+                log.info("could not read a text document from telegram: %s", redact(str(e)))
+            else:
+                return f"{caption}\n\n[{doc.file_name or 'document'}]\n{content}".strip()
+        if not caption:
+            return ""
+        unread = [f"{a.kind} {a.name}" if a.name else a.kind for a in _attachments(m)]
+        return f"{caption}\n\n(attached, which the box cannot read: {', '.join(unread)})" if unread else caption
 
     def _mentions_bot(self, m: Message) -> bool:
         bot_id = self._bot.id
@@ -336,6 +418,12 @@ def _seconds(e: RetryAfter) -> float:
         warnings.simplefilter("ignore")
         value = e.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _is_text(mime_type: str | None, name: str | None) -> bool:
+    if mime_type and mime_type.startswith(TEXT_TYPES):
+        return True
+    return bool(name) and name.lower().endswith((".txt", ".md", ".csv", ".json", ".py", ".toml", ".yaml", ".yml", ".log"))
 
 
 def _attachments(m: Message) -> tuple[Attachment, ...]:

@@ -11,12 +11,19 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from aibox.store import Store
+from connectors.audit_log import AuditLog
 from connectors.base import Connector, Health, InboundMessage, MessageSink
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, Undeliverable
 from connectors.inbox import Inbox
+from connectors.gateway import Gateway
 from connectors.outbound import Journal
-from connectors.tables import InboxMessage
+from connectors.pairing import Pairing
+from connectors.settings import ConnectorSettings
+from connectors.tables import AuditEntry, InboxMessage
+from tests.servers.scripted import ScriptedResponder
 
 
 class RecordingConnector(Connector):
@@ -136,3 +143,27 @@ async def test_answered_messages_are_pruned_after_the_retention_unanswered_ones_
     assert [m.text for m in inbox.pending()] == ["never answered"]
     assert not await inbox.admit(new_answered), "a recent duplicate is still recognised"
     assert inbox.prune(timedelta(days=30)) == 0
+
+
+class RefusingConnector(RecordingConnector):
+    """Refuses every reply for good, as WhatsApp does outside the 24-hour window."""
+
+    async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
+        self.sends += 1
+        raise Undeliverable("131047: more than 24 hours have passed since the customer last replied")
+
+
+async def test_a_reply_the_platform_refuses_for_good_is_undeliverable_and_never_retried(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'aibox.db'}")
+    inbox, audit = Inbox(store), AuditLog(store)
+    gateway = Gateway(Pairing(store), audit, ScriptedResponder(), inbox=inbox)
+    connector = RefusingConnector()
+    gateway.attach(connector, ConnectorSettings(allow_from=["42"]))
+    await gateway.handle(MSG)
+    await gateway.drain()
+    assert inbox.counts() == {"undeliverable": 1} and inbox.pending() == []
+    assert not await inbox.admit(MSG), "a redelivery of the message is not answered again"
+    assert connector.sends == 1 and gateway._waiting == {}, "no retry is scheduled"
+    with store.session() as s:
+        [entry] = [e for e in s.scalars(select(AuditEntry)) if e.decision == "undeliverable"]
+    assert "131047" in entry.detail

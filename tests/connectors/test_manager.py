@@ -6,6 +6,7 @@ matter here."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,25 @@ def test_unknown_connectors_and_bad_keys_are_config_errors(tmp_path: Path) -> No
             )
     finally:
         store.close()
+
+
+async def test_a_reload_applies_access_settings_to_the_running_connector(tmp_path: Path) -> None:
+    async with TelegramServer() as telegram:
+        base = {"token": telegram.token, "base_url": telegram.base_url, "poll_timeout_s": 1, "edit_interval_s": 0.05}
+        config = parse_config({"connectors": {"telegram": base | {"allow_from": ["4242"], "dm_policy": "allowlist"}}})
+        manager = ConnectorManager(config, Store.open(f"sqlite:///{tmp_path / 'aibox.db'}"), ScriptedResponder())
+        await manager.start()
+        try:
+            telegram.user_message(4242, "before")
+            await telegram.outbox.wait_for_text("4242", "You said: before", timeout=15)
+            revoked = parse_config({"connectors": {"telegram": base | {"allow_from": ["77"], "dm_policy": "allowlist"}}})
+            assert manager.reload(revoked) == []
+            telegram.user_message(4242, "after")
+            telegram.user_message(77, "newly allowed")
+            await telegram.outbox.wait_for_text("77", "You said: newly allowed", timeout=15)
+            await asyncio.sleep(0.5)
+            assert [m.text for m in telegram.outbox.in_chat("4242")] == ["You said: before"], "access revoked in place"
+            moved = parse_config({"connectors": {"telegram": base | {"poll_timeout_s": 2}}})
+            assert manager.reload(moved) == ["telegram"], "a setting bound at start is reported, not applied"
+        finally:
+            await manager.stop()

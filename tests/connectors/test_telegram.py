@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from aibox.bench.platforms.telegram import TelegramServer
+from aibox.bench.platforms.telegram import TelegramServer, utf16_len
 from aibox.config import ConfigError
 from aibox.secrets import Secret
+from connectors.gateway import Redelivery
 from connectors.manager import load_settings
+from connectors.reply import RetryPolicy
+from connectors.tables import AuditEntry
 from connectors.telegram import TelegramConnector, TelegramSettings
 from tests.servers.scripted import ScriptedResponder, wired
 
@@ -89,8 +94,11 @@ async def test_a_stranger_flooding_the_bot_gets_the_code_a_few_times_then_nothin
         await server.outbox.wait_for(lambda: any("slow down" in m.text for m in server.outbox.in_chat("666")))
         await asyncio.sleep(0.5)
     texts = [m.text for m in server.outbox.in_chat("666")]
-    assert len(texts) == 3 and "slow down" in texts[2]
-    assert texts[0] == texts[1] and "pairing code" in texts[0], "the same code, not a new one each time"
+    notices = [i for i, t in enumerate(texts) if "slow down" in t]
+    assert len(texts) == 3 and len(notices) == 1
+    assert notices[0] < 2, "the notice jumps the sender's queue: it does not wait behind the second code"
+    codes = [t for t in texts if "slow down" not in t]
+    assert codes[0] == codes[1] and "pairing code" in codes[0], "the same code, not a new one each time"
     assert responder.calls == []
 
 
@@ -107,9 +115,10 @@ async def test_attachments_and_replies_arrive_as_metadata(server: TelegramServer
             "reply_to_message": {"message_id": 400, "date": 0, "chat": {"id": OWNER, "type": "private"},
                                  "from": user, "text": "earlier"},
         }})
-        await server.outbox.wait_for_text(str(OWNER), "You said: what is in this file?")
+        said = "what is in this file?\n\n(attached, which the box cannot read: document report.pdf)"
+        await server.outbox.wait_for_text(str(OWNER), f"You said: {said}")
     [msg] = responder.calls
-    assert msg.text == "what is in this file?" and msg.reply_to == "400" and msg.sender_name == "Ann Lee"
+    assert msg.text == said and msg.reply_to == "400" and msg.sender_name == "Ann Lee"
     [doc] = msg.attachments
     assert (doc.kind, doc.name, doc.mime_type, doc.size, doc.ref) == (
         "document", "report.pdf", "application/pdf", 48213, "BQAC-doc"
@@ -183,7 +192,9 @@ async def test_admin_commands_and_the_sender_rate_limit(server: TelegramServer, 
         await server.outbox.wait_for(lambda: any("slow down" in m.text for m in server.outbox.in_chat("901")))
         await asyncio.sleep(0.3)
     texts = [m.text for m in server.outbox.in_chat("901")]
-    assert texts[:2] == ["You said: flood 0", "You said: flood 1"] and "slow down" in texts[2] and len(texts) == 3
+    [notice] = [t for t in texts if "slow down" in t]
+    assert sorted(t for t in texts if t != notice) == ["You said: flood 0", "You said: flood 1"] and len(texts) == 3
+    assert texts.index(notice) < texts.index("You said: flood 1"), "the notice jumps the sender's queued answers"
     assert [m.text for m in responder.calls] == ["flood 0", "flood 1"]
 
 
@@ -264,3 +275,135 @@ def test_config_errors_name_the_key() -> None:
         load_settings({"telegram": {"token": "env:T", "mode": "webhook", "webhook_secret": "env:S"}})
     parsed = load_settings({"telegram": {"token": "env:TELEGRAM_TOKEN", "allow_from": [12345]}})["telegram"]
     assert isinstance(parsed, TelegramSettings) and parsed.allow_from == ["12345"]
+
+
+# -- issue 20: delivery under faults, non-text messages, formatting ------------------------
+
+QUICK = RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.1)
+
+
+async def test_a_reply_whose_sends_keep_failing_is_retried_while_running_and_says_it_is_late(
+    server: TelegramServer, tmp_path: Path
+) -> None:
+    settings = fast(server)
+    server.faults.add("sendMessage", status=502, times=5)  # more than the streamer's own retries, twice over
+    responder = ScriptedResponder()
+    redelivery = Redelivery(base_s=0.2, max_s=0.4, late_after_s=0.0)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path, inbox=True, policy=QUICK,
+                     redelivery=redelivery) as wiring:
+        server.user_message(OWNER, "are you there?")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(str(OWNER))) == 1, timeout=20)
+        await server.outbox.wait_for(lambda: "You said" in server.outbox.in_chat(str(OWNER))[0].text, timeout=10)
+        await asyncio.sleep(0.5)
+        assert wiring.inbox is not None and wiring.inbox.counts() == {"answered": 1}
+    [reply] = server.outbox.in_chat(str(OWNER))
+    assert reply.text.startswith("(Sorry, this answer is late") and reply.text.endswith("You said: are you there?")
+    assert len(responder.calls) == 1, "the answer written the first time was kept, not asked for again"
+    assert server.faults.pending == 0
+
+
+async def test_a_reply_that_never_gets_through_ends_undeliverable(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    server.faults.add("sendMessage", status=403, times=100)  # the user blocked the bot
+    redelivery = Redelivery(base_s=0.05, max_s=0.1, give_up_after_s=0.5)
+    async with wired(TelegramConnector(settings), settings, ScriptedResponder(), tmp_path, inbox=True, policy=QUICK,
+                     redelivery=redelivery) as wiring:
+        server.user_message(OWNER, "hello")
+        assert wiring.inbox is not None
+        await server.outbox.wait_for(lambda: wiring.inbox.counts() == {"undeliverable": 1}, timeout=15)
+        tries = server.calls.count("sendMessage")
+        await asyncio.sleep(0.5)
+        assert server.calls.count("sendMessage") == tries, "a terminal state is never retried"
+        await wiring.audit.flush()
+        with wiring.store.session() as s:
+            decisions = [e.decision for e in s.scalars(select(AuditEntry))]
+    assert "undeliverable" in decisions and 2 < tries < 100
+
+
+async def test_after_a_429_the_retried_write_counts_for_flood_control(server: TelegramServer, tmp_path: Path) -> None:
+    server.flood_interval_s = 0.9  # Telegram: about one message per second in one chat
+    settings = settings_for(server, edit_interval_s=1.0)
+    server.faults.add("editMessageText", status=429, retry_after=1)
+    responder = ScriptedResponder(chunks=5, delay=0.4)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.user_message(OWNER, "pace yourself please")
+        await server.outbox.wait_for_text(str(OWNER), "You said: pace yourself please", timeout=30)
+    assert [f.status for f in server.faults.played] == [429]
+    assert server.flood_rejected == 0, "no write went out within a second of the retried one"
+
+
+async def test_replies_are_split_by_utf16_length(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    answer = "😀" * 5000  # 10,000 UTF-16 code units in 5,000 characters
+    async with wired(TelegramConnector(settings), settings, ScriptedResponder(answer=lambda m: answer), tmp_path):
+        server.user_message(OWNER, "emoji please")
+        messages = await server.outbox.wait_for_text(str(OWNER), answer, timeout=20)
+    assert len(messages) == 3 and all(utf16_len(m.text) <= 4096 for m in messages)
+
+
+async def test_markdown_is_rendered_as_telegram_html_with_utf16_offsets(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    answer = "👩‍👩‍👧 **bold** and `a<b & c>d`\n```json\n{\"k\": 1}\n```"
+    async with wired(TelegramConnector(settings), settings, ScriptedResponder(answer=lambda m: answer), tmp_path):
+        server.user_message(OWNER, "format it")
+        await server.outbox.wait_for(lambda: any(m.entities for m in server.outbox.in_chat(str(OWNER))) and
+                                     "{" in server.outbox.in_chat(str(OWNER))[0].text, timeout=15)
+        await asyncio.sleep(0.3)
+    [reply] = server.outbox.in_chat(str(OWNER))
+    assert reply.text == '👩‍👩‍👧 bold and a<b & c>d\n{"k": 1}'
+    units = reply.text.encode("utf-16-le")
+    shown = {e["type"]: units[2 * e["offset"]: 2 * (e["offset"] + e["length"])].decode("utf-16-le") for e in reply.entities}
+    assert shown == {"bold": "bold", "code": "a<b & c>d", "pre": '{"k": 1}'}
+    assert [e.get("language") for e in reply.entities if e["type"] == "pre"] == ["json"]
+
+
+async def test_refused_entities_fall_back_to_plain_text(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    server.faults.add("sendMessage", status=400, detail="Bad Request: can't parse entities: unsupported start tag")
+    answer = "**plain** then"
+    async with wired(TelegramConnector(settings), settings, ScriptedResponder(answer=lambda m: answer, chunks=1), tmp_path):
+        server.user_message(OWNER, "x")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(str(OWNER))) == 1, timeout=15)
+    [reply] = server.outbox.in_chat(str(OWNER))
+    assert reply.text == answer and reply.entities == []
+
+
+async def test_stickers_documents_start_and_edits(server: TelegramServer, tmp_path: Path) -> None:
+    settings = fast(server)
+    responder = ScriptedResponder()
+    chat = str(OWNER)
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        await server.outbox.wait_for(lambda: server.commands is not None, timeout=10)
+        server.user_media(OWNER, "sticker")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(chat)) == 1)
+        server.user_media(OWNER, "document", content=b"line one\nline two\n", file_name="notes.txt")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(chat)) == 2)
+        server.user_message(OWNER, "/start")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(chat)) == 3)
+        asked = server.user_message(OWNER, "what is 2+2")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(chat)) == 4)
+        await asyncio.sleep(1.1)  # Telegram's edit_date has whole seconds
+        server.user_edits(OWNER, asked, "what is 3+3")
+        await server.outbox.wait_for(lambda: len(server.outbox.in_chat(chat)) == 5)
+    sticker, document, start, answer, edited = server.outbox.in_chat(chat)
+    assert "can't read stickers" in sticker.text
+    assert document.text == "You said: [notes.txt]\nline one\nline two"
+    assert "/help" in start.text and "/reset" in start.text
+    assert [m.text for m in responder.calls] == ["[notes.txt]\nline one\nline two", "what is 2+2", "what is 3+3"]
+    assert (answer.reply_to, edited.reply_to) == (str(asked), str(asked)), "the answer to the edit quotes it"
+    assert {c["command"] for c in server.commands or []} >= {"help", "reset", "cancel"}
+
+
+async def test_a_malformed_update_never_puts_message_text_in_the_log(
+    server: TelegramServer, tmp_path: Path, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = fast(server)
+    responder = ScriptedResponder()
+    async with wired(TelegramConnector(settings), settings, responder, tmp_path):
+        server.raw_updates({"update_id": server.next_update_id(),
+                            "message": {"message_id": "x", "chat": "not a chat", "text": "my secret diagnosis"}})
+        server.user_message(OWNER, "after it")
+        await server.outbox.wait_for_text(str(OWNER), "You said: after it")
+    assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+    assert not any("my secret diagnosis" in r.getMessage() for r in caplog.records)

@@ -3,7 +3,8 @@
 Connector tests are about delivery (streaming, splitting, retries, reconnects), not
 about what a model says, so the answer comes from `ScriptedResponder`: the same input
 always streams the same text in the same chunks. `wired` connects a connector to the
-real gateway (pairing, audit log, reply streamer) on a real SQLite store.
+real gateway (pairing, audit log, reply streamer) on a real SQLite store; with
+`inbox=True` also the inbox and the outbound journal, as the daemon wires them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 from aibox.store import Store
 from connectors.audit_log import AuditLog
 from connectors.base import Connector, InboundMessage
-from connectors.gateway import Gateway
+from connectors.gateway import Gateway, Redelivery
+from connectors.inbox import Inbox
+from connectors.outbound import Journal
 from connectors.pairing import Pairing
-from connectors.reply import ChatPacer, ReplyStreamer
+from connectors.reply import ChatPacer, ReplyStreamer, RetryPolicy
 from connectors.settings import ConnectorSettings
 
 
@@ -56,22 +59,26 @@ class Wiring:
     pairing: Pairing
     audit: AuditLog
     store: Store
+    inbox: Inbox | None = None
 
 
 @asynccontextmanager
 async def wired(
-    connector: Connector, settings: ConnectorSettings, responder: ScriptedResponder, state_dir: Path
+    connector: Connector, settings: ConnectorSettings, responder: ScriptedResponder, state_dir: Path, *,
+    inbox: bool = False, policy: RetryPolicy | None = None, redelivery: Redelivery | None = None,
 ) -> AsyncIterator[Wiring]:
     """Starts `connector` behind a real gateway; stops it and drains replies on exit."""
     store = Store.open(f"sqlite:///{state_dir / 'aibox.db'}")
     pairing = Pairing(store)
     audit = AuditLog(store)
-    gateway = Gateway(pairing, audit, responder)
-    streamer = ReplyStreamer(connector, pacer=ChatPacer(settings.edit_interval_s))
+    kept = Inbox(store) if inbox else None
+    gateway = Gateway(pairing, audit, responder, inbox=kept, redelivery=redelivery)
+    target = Journal(connector, kept) if kept is not None else connector
+    streamer = ReplyStreamer(target, pacer=ChatPacer(settings.edit_interval_s), policy=policy)
     sink = gateway.attach(connector, settings, streamer)
     await connector.start(sink)
     try:
-        yield Wiring(gateway, pairing, audit, store)
+        yield Wiring(gateway, pairing, audit, store, kept)
     finally:
         await gateway.drain(timeout=5.0)
         await connector.stop()

@@ -22,6 +22,7 @@ class BotMessage:
     text: str
     reply_to: str | None = None
     versions: list[str] = field(default_factory=list)
+    entities: list[dict] = field(default_factory=list)  # formatting, where the platform reports it
     version_times: list[float] = field(default_factory=list)
     created_at: float = field(default_factory=time.perf_counter)
     updated_at: float = field(default_factory=time.perf_counter)
@@ -126,7 +127,7 @@ def _squash(text: str) -> str:
     return "".join(text.replace("```", "").split())
 
 
-FaultKind = Literal["status", "drop_before", "drop_after"]
+FaultKind = Literal["status", "drop_before", "drop_after", "truncated", "slow"]
 
 
 @dataclass
@@ -136,6 +137,8 @@ class Fault:
     status: int = 500
     retry_after: float = 0.0
     times: int = 1
+    delay: float = 0.0
+    detail: str = ""  # what the error says, where the platform's default would not do
 
 
 class FaultPlan:
@@ -143,7 +146,10 @@ class FaultPlan:
 
     `drop_before` closes the connection without handling the request; `drop_after`
     handles it and then closes the connection before the answer goes out, so the
-    client cannot know whether it worked (what idempotency keys are for).
+    client cannot know whether it worked (what idempotency keys are for). `truncated`
+    handles it and answers 200 with the body cut off mid-JSON (a proxy that died while
+    streaming it); `slow` handles it `delay` seconds late (longer than the client's
+    time-out, the client gives up on a request that did its work).
     """
 
     def __init__(self) -> None:
@@ -157,12 +163,22 @@ class FaultPlan:
         status: int | None = None,
         retry_after: float = 0.0,
         drop: Literal["before", "after"] | None = None,
+        truncate: bool = False,
+        delay: float = 0.0,
         times: int = 1,
+        detail: str = "",
     ) -> None:
-        if (status is None) == (drop is None):
-            raise ValueError("give either a status or a drop, not both")
-        kind: FaultKind = "status" if drop is None else ("drop_before" if drop == "before" else "drop_after")
-        self._faults.append(Fault(route, kind, status or 0, retry_after, times))
+        given = [status is not None, drop is not None, truncate, delay > 0]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of a status, a drop, truncate or a delay")
+        kind: FaultKind
+        if status is not None:
+            kind = "status"
+        elif drop is not None:
+            kind = "drop_before" if drop == "before" else "drop_after"
+        else:
+            kind = "truncated" if truncate else "slow"
+        self._faults.append(Fault(route, kind, status or 0, retry_after, times, delay, detail))
 
     def take(self, route: str) -> Fault | None:
         for fault in self._faults:
