@@ -13,18 +13,28 @@ lockstep (a refresh that Slack asks for with a `disconnect` message is still
 slack-sdk's to do). A rejected token is final: health() says which key and the daemon
 carries on.
 
+Slack only hears that an event arrived (the HTTP 200, or the Socket Mode ack) once the
+gateway has stored the message in the inbox (`process_before_response`): Slack does not
+redeliver an event it got a 200 for, so an ack sent before the store would lose the
+message to a crash in between. Storing is one small write, well inside Slack's 3 s;
+when it fails the ack is withheld and Slack delivers again.
+
 Replies go out as section blocks (3,000 characters each, mrkdwn) with the same text as
 the notification fallback; a 429 becomes `RateLimited` with Slack's Retry-After, so
-the reply streamer waits exactly as long as Slack asked.
+the reply streamer waits exactly as long as Slack asked. A post whose outcome is unclear
+(see `send`) is looked up by its nonce before it is posted again, and a token Slack
+stops accepting while the box runs fails the connector's health with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
 import time
+from urllib.parse import parse_qsl
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -50,11 +60,22 @@ log = logging.getLogger(__name__)
 
 SLACK_API = "https://slack.com/api/"
 NONCE_EVENT = "aibox_reply"
-SEND_ATTEMPTS = 3
 MAX_SECTION = 3_000
 MAX_BLOCKS = 50
 # Token problems no retry can fix.
 FATAL_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "not_allowed_token_type"}
+# Errors after which, by Slack's documentation, "it's possible some aspect of the
+# operation succeeded": a post that got one may be in the channel.
+UNCLEAR_ERRORS = {"internal_error", "fatal_error"}
+# Slack refuses events older than this (and so do we: a replayed signed request).
+MAX_EVENT_AGE_S = 300
+# An event body larger than this cannot come from Slack: a message's text is at most
+# 40,000 characters, and an event carries it twice (text and rich-text blocks); even
+# with every character JSON-escaped (6 bytes) that is under 480 KB.
+MAX_EVENT_BODY = 512 * 1024
+# Posts whose outcome is unclear, remembered so that the retry looks them up first.
+MAX_UNCLEAR = 1_000
+SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 # Message subtypes that are people writing; all others (edits, joins, bot posts) are not.
 PEOPLE_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
@@ -104,6 +125,7 @@ class SlackConnector(Connector):
         self._verifier: SignatureVerifier | None = None
         self._bot_user_id = ""
         self._thread_roots: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._unclear: OrderedDict[tuple[str, str | None, str], tuple[str, str]] = OrderedDict()
         self._sessions = Reconnecting(self, max_delay=settings.reconnect_max_delay_s)
         self.events_url: str | None = None
 
@@ -130,7 +152,7 @@ class SlackConnector(Connector):
             client=self._client,
             signing_secret=secret or "",
             request_verification_enabled=self.settings.mode == "http",
-            process_before_response=False,
+            process_before_response=True,
         )
         self._app.event("message")(self._on_event)
         self._app.event("app_mention")(self._on_event)
@@ -169,12 +191,12 @@ class SlackConnector(Connector):
             while await self._socket_alive():
                 await asyncio.sleep(min(1.0, self.settings.ping_interval_s))
         except SlackApiError as e:
-            error = e.response.get("error") if isinstance(e.response.data, dict) else None
+            error = _api_error(e)
             if error in FATAL_ERRORS:
                 key = "bot_token" if not self._bot_user_id else "app_token"
                 self._fail(f"connectors.slack.{key} was rejected by Slack ({error})")
                 return
-            raise Reconnect(f"Slack answered {error or e.response.status_code}") from None
+            raise Reconnect(f"Slack answered {error or getattr(e.response, 'status_code', 'an unreadable body')}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise Reconnect(f"cannot reach Slack ({type(e).__name__})") from None
         except OSError as e:
@@ -213,24 +235,43 @@ class SlackConnector(Connector):
 
     async def _serve_http(self) -> None:
         s = self.settings
-        listener = WebhookListener(s.events_host, s.events_port, [("POST", s.events_path, self._http_event)])
+        listener = WebhookListener(
+            s.events_host, s.events_port, [("POST", s.events_path, self._http_event)], max_body=MAX_EVENT_BODY
+        )
         await listener.start()
         self._listener = listener
         self.events_url = listener.url(s.events_path)
 
     async def _http_event(self, request: web.Request) -> web.Response:
-        """bolt's endpoint, but checking the signature before the body is parsed: bolt
-        parses first, so a malformed body would otherwise end in a 500 and a traceback."""
+        """bolt's endpoint with the checks bolt leaves out: the signature headers and the
+        body's size come first (nobody gets to make the box read a large body unsigned),
+        and a body that is not an object, or an `event` that is not one, is answered
+        without reaching bolt, which would fail on it with a 500 and a traceback."""
         assert self._app is not None and self._verifier is not None
-        raw = await request.read()
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
-        if not timestamp.isdigit() or not self._verifier.is_valid(raw, timestamp, request.headers.get("X-Slack-Signature")):
-            return web.json_response({"error": "invalid request signature or timestamp"}, status=401)
+        signature = request.headers.get("X-Slack-Signature", "")
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_EVENT_AGE_S or not SIGNATURE.fullmatch(signature):
+            return _refusal(401, "missing, malformed or stale request signature")
+        if request.content_length is not None and request.content_length > MAX_EVENT_BODY:
+            return _refusal(413, f"event body over {MAX_EVENT_BODY} bytes")
         try:
-            bolt_request = await to_bolt_request(request)
-        except ValueError:
-            return web.json_response({"error": "malformed event body"}, status=400)
-        return await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _refusal(413, f"event body over {MAX_EVENT_BODY} bytes")
+        try:
+            valid = self._verifier.is_valid(raw, timestamp, signature)
+        except UnicodeDecodeError:
+            return _refusal(400, "event body is not UTF-8")
+        if not valid:
+            return _refusal(401, "invalid request signature")
+        problem = _body_problem(raw, request.content_type)
+        if problem == "event":
+            # Slack would retry a non-200 three times and count it against the app.
+            log.warning("slack event_callback whose event is not an object; ignored")
+            return web.Response(status=200)
+        if problem is not None:
+            return _refusal(400, problem)
+        return await to_aiohttp_response(await self._app.async_dispatch(await to_bolt_request(request)))
 
     def _connected(self, detail: str) -> None:
         self._set_health("ok", detail)
@@ -248,7 +289,8 @@ class SlackConnector(Connector):
         if not isinstance(event, dict):
             log.warning("slack event is not an object; ignored")
             return
-        if event.get("bot_id") or event.get("subtype") not in PEOPLE_SUBTYPES:
+        subtype = event.get("subtype")
+        if event.get("bot_id") or not (subtype is None or isinstance(subtype, str)) or subtype not in PEOPLE_SUBTYPES:
             return
         channel, user, ts = event.get("channel"), event.get("user"), event.get("ts")
         text = event.get("text")
@@ -270,7 +312,7 @@ class SlackConnector(Connector):
             sender_id=user,
             message_id=ts,
             text=_unescape(text),
-            attachments=tuple(_attachment(f) for f in event.get("files") or [] if isinstance(f, dict)),
+            attachments=tuple(_attachment(f) for f in _list(event.get("files")) if isinstance(f, dict)),
             reply_to=thread_ts if isinstance(thread_ts, str) and thread_ts != ts else None,
             is_direct=event.get("channel_type") == "im" or (event.get("channel_type") is None and channel.startswith("D")),
             mentions_bot=mentions_bot or event.get("type") == "app_mention",
@@ -278,8 +320,10 @@ class SlackConnector(Connector):
         assert self._sink is not None
         try:
             await self._sink(inbound)
-        except Exception:
-            log.exception("handing a slack message to the daemon failed")
+        except Exception as e:
+            # No ack then (bolt answers 500, Socket Mode sends none): Slack delivers again.
+            log.error("storing slack message %s failed (%s); Slack will deliver it again", ts, type(e).__name__)
+            raise ConnectorError("the message could not be stored") from None
 
     def _remember_thread(self, channel: str, ts: str, root: str) -> None:
         self._thread_roots[(channel, ts)] = root
@@ -290,36 +334,51 @@ class SlackConnector(Connector):
 
     async def send(self, chat_id: str, text: str, reply_to: str | None = None) -> str:
         """Posts `text`. Slack has no idempotency key, so the post carries a nonce in its
-        message metadata; when the connection drops before the answer, the chat is
-        searched for that nonce before posting again, and a post that did arrive is not
-        repeated."""
+        message metadata. When its outcome is unclear (the connection dropped or timed out
+        before the answer, the answer was cut off, a 5xx, or Slack's own "it's possible
+        some aspect of the operation succeeded" errors), the chat is searched for the
+        nonce; a post that did arrive is not repeated. If it is not found the call fails
+        as transient, and the reply streamer's retry, which comes back here with the same
+        text, searches again (the post may have landed late) before posting with the same
+        nonce."""
         client = self._ready_client()
         thread_ts = None
         if reply_to is not None and not chat_id.startswith("D"):
             thread_ts = self._thread_roots.get((chat_id, reply_to), reply_to)
-        nonce = secrets.token_hex(8)
-        since = f"{time.time() - 600:.6f}"
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            try:
-                response = await client.chat_postMessage(
-                    channel=chat_id,
-                    thread_ts=thread_ts,
-                    unfurl_links=False,
-                    unfurl_media=False,
-                    metadata={"event_type": NONCE_EVENT, "event_payload": {"nonce": nonce}},
-                    **_content(text),
-                )
-                return str(response["ts"])
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                found = await self._find_post(client, chat_id, thread_ts, nonce, since)
-                if found is not None:
-                    log.info("slack post arrived although its connection dropped; not posting it again")
-                    return found
-                if attempt == SEND_ATTEMPTS:
-                    raise TransientError(f"slack chat.postMessage: {type(e).__name__}") from None
-            except Exception as e:
-                raise _mapped(e, "chat.postMessage") from None
-        raise AssertionError("unreachable")
+        key = (chat_id, thread_ts, text)
+        earlier = self._unclear.get(key)
+        if earlier is not None:
+            found = await self._find_post(client, chat_id, thread_ts, *earlier)
+            if found is not None:
+                del self._unclear[key]
+                log.info("an unclear slack post had arrived after all; not posting it again")
+                return found
+        nonce, since = earlier or (secrets.token_hex(8), f"{time.time() - 600:.6f}")
+        try:
+            response = await client.chat_postMessage(
+                channel=chat_id,
+                thread_ts=thread_ts,
+                unfurl_links=False,
+                unfurl_media=False,
+                metadata={"event_type": NONCE_EVENT, "event_payload": {"nonce": nonce}},
+                **_content(text),
+            )
+            self._unclear.pop(key, None)
+            return str(response["ts"])
+        except Exception as e:
+            failure = self._mapped(e, "chat.postMessage")
+            if not _unclear_outcome(e):
+                self._unclear.pop(key, None)
+                raise failure from None
+        found = await self._find_post(client, chat_id, thread_ts, nonce, since)
+        if found is not None:
+            self._unclear.pop(key, None)
+            log.info("slack post arrived although its answer was lost; not posting it again")
+            return found
+        self._unclear[key] = (nonce, since)
+        if len(self._unclear) > MAX_UNCLEAR:
+            self._unclear.popitem(last=False)
+        raise TransientError(f"{failure} (and the post is not in the chat)") from None
 
     async def _find_post(
         self, client: AsyncWebClient, chat_id: str, thread_ts: str | None, nonce: str, since: str
@@ -335,7 +394,7 @@ class SlackConnector(Connector):
                     channel=chat_id, oldest=since, include_all_metadata=True, limit=200
                 )
         except Exception as e:
-            log.warning("cannot check whether a dropped slack post arrived (%s); posting again", _mapped(e, "history"))
+            log.warning("cannot check whether an unclear slack post arrived (%s); posting again", self._mapped(e, "history"))
             return None
         for message in page.get("messages") or []:
             metadata = message.get("metadata") or {}
@@ -348,7 +407,7 @@ class SlackConnector(Connector):
         try:
             await client.chat_update(channel=chat_id, ts=message_id, **_content(text))
         except Exception as e:
-            raise _mapped(e, "chat.update") from None
+            raise self._mapped(e, "chat.update") from None
 
     async def typing(self, chat_id: str) -> None:
         """Slack gives bot tokens no typing indicator (outside assistant threads), so there
@@ -358,6 +417,15 @@ class SlackConnector(Connector):
         if self._client is None:
             raise TransientError("slack connector is not started")
         return self._client
+
+    def _mapped(self, e: Exception, method: str) -> ConnectorError:
+        """`_mapped`, and a token Slack stopped accepting (revoked, expired, rotated)
+        fails the connector's health: every later call would fail the same way."""
+        failure = _mapped(e, method)
+        error = _api_error(e)
+        if error in FATAL_ERRORS:
+            self._set_health("failed", f"connectors.slack.bot_token was rejected by Slack ({error}) on {method}")
+        return failure
 
 
 def _escape(text: str) -> str:
@@ -380,8 +448,12 @@ def _content(text: str) -> dict[str, Any]:
     return {"text": escaped[: SlackConnector.max_text], "blocks": blocks}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _attachment(f: dict[str, Any]) -> Attachment:
-    mime = f.get("mimetype") or None
+    mime = f.get("mimetype") if isinstance(f.get("mimetype"), str) else None
     head = mime.split("/", 1)[0] if mime else ""
     return Attachment(
         kind=head if head in ("image", "audio", "video") else "file",
@@ -392,18 +464,62 @@ def _attachment(f: dict[str, Any]) -> Attachment:
     )
 
 
+def _refusal(status: int, problem: str) -> web.Response:
+    return web.json_response({"error": problem}, status=status)
+
+
+def _body_problem(raw: bytes, content_type: str) -> str | None:
+    """What is wrong with a signed event body, if anything; "event" for an
+    `event_callback` whose event is not an object."""
+    try:
+        if content_type == "application/x-www-form-urlencoded":
+            form = dict(parse_qsl(raw.decode(), keep_blank_values=True))
+            body = json.loads(form["payload"]) if "payload" in form else form
+        else:
+            body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return "event body is not JSON"
+    if not isinstance(body, dict):
+        return "event body is not a JSON object"
+    if "event" in body and not isinstance(body["event"], dict):
+        return "event"
+    return None
+
+
+def _api_error(e: Exception) -> str | None:
+    """Slack's `error` code in a refused call, when its answer could be read."""
+    if isinstance(e, SlackApiError) and isinstance(getattr(e.response, "data", None), dict):
+        error = e.response.data.get("error")
+        return error if isinstance(error, str) else None
+    return None
+
+
+def _unclear_outcome(e: Exception) -> bool:
+    """Whether Slack may have stored a post that failed this way."""
+    if isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError, asyncio.TimeoutError)):
+        return True
+    if isinstance(e, SlackApiError):
+        status = getattr(e.response, "status_code", None)
+        if not isinstance(status, int):  # the answer came but its body could not be read
+            return True
+        return status >= 500 or _api_error(e) in UNCLEAR_ERRORS
+    return False
+
+
 def _mapped(e: Exception, method: str) -> ConnectorError:
     """slack-sdk's exceptions as the reply streamer's three kinds."""
     if isinstance(e, ConnectorError):
         return e
     if isinstance(e, SlackApiError):
-        status = e.response.status_code
-        error = e.response.get("error") if isinstance(e.response.data, dict) else None
+        status = getattr(e.response, "status_code", None) or getattr(e.response, "status", 0)
+        error = _api_error(e)
+        if not isinstance(getattr(e.response, "data", None), dict):
+            return TransientError(f"slack {method}: the answer (HTTP {status}) could not be read")
         if status == 429 or error == "ratelimited":
             retry_after = _retry_after(e.response.headers)
             return RateLimited(retry_after, f"slack {method}: rate limited for {retry_after:g} s")
-        if status >= 500:
-            return TransientError(f"slack {method}: server error {status}")
+        if status >= 500 or error in UNCLEAR_ERRORS:
+            return TransientError(f"slack {method}: server error {error or status}")
         return ConnectorError(f"slack {method}: {error or f'HTTP {status}'}")
     if isinstance(e, (aiohttp.ClientError, OSError, asyncio.TimeoutError)):
         return TransientError(f"slack {method}: {type(e).__name__}: {e}")

@@ -2,7 +2,10 @@
 (aibox/bench/platforms/slack.py), over Socket Mode and over signed HTTP event posts.
 
 The fault scenarios every platform shares (rate limits, dropped connections, malformed
-input, bursts, bad tokens, secrets in logs) are in test_faults.py; these are Slack's own.
+input, bursts, bad tokens, secrets in logs) are in test_faults.py; these are Slack's own,
+among them those of issue 20: unclear post outcomes (a 200 cut off after its status
+line, an error after Slack stored the post), signed bodies of the wrong shape or too
+large, and a bot token revoked while the box runs.
 
 The answers come from a scripted responder, not a model: these tests are about
 delivery, and the model's words do not matter here.
@@ -12,19 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from aibox.bench.platforms.discord import FakeDiscord
-from aibox.bench.platforms.slack import FakeSlack, post_signed
+from aibox.bench.platforms.slack import FakeSlack, post_signed, signature
 from aibox.config import Config, ConfigError
 from aibox.secrets import Secret
 from aibox.store import Store
 from connectors.manager import ConnectorManager, load_settings
-from connectors.slack import SlackConnector, SlackSettings
+from connectors.slack import MAX_EVENT_BODY, SlackConnector, SlackSettings
 from tests.servers.scripted import ScriptedResponder, wired
 
 OWNER = "U0000OWNR"
@@ -124,14 +131,9 @@ async def test_a_mention_sent_as_message_and_app_mention_is_answered_once(server
 
 
 async def test_http_events_are_verified_by_signature_and_age(server: FakeSlack, tmp_path: Path) -> None:
-    settings = settings_for(
-        server, mode="http", app_token=None, signing_secret=Secret(server.signing_secret), events_port=0
-    )
     responder = ScriptedResponder()
-    connector = SlackConnector(settings)
-    async with wired(connector, settings, responder, tmp_path):
-        url = connector.events_url
-        assert url is not None and connector.health().state == "ok"
+    async with http_mode(server, responder, tmp_path) as (connector, url):
+        assert connector.health().state == "ok"
         secret = server.signing_secret
         forged = await post_signed(url, server.event_body("D400", OWNER, "forged"), secret, signed_with="guess")
         stale_ts = str(int(time.time()) - 301)
@@ -236,3 +238,135 @@ async def test_a_busy_events_port_is_reported_not_fatal(server: FakeSlack, tmp_p
         async with wired(connector, settings, ScriptedResponder(), tmp_path):
             health = connector.health()
     assert health.state == "degraded" and "cannot listen for events" in health.detail
+
+
+@asynccontextmanager
+async def http_mode(server: FakeSlack, responder: ScriptedResponder, state_dir: Path) -> AsyncIterator[tuple[SlackConnector, str]]:
+    """A connector in HTTP Events API mode, and the URL it listens on."""
+    settings = settings_for(server, mode="http", app_token=None, signing_secret=Secret(server.signing_secret), events_port=0)
+    connector = SlackConnector(settings)
+    async with wired(connector, settings, responder, state_dir):
+        assert connector.events_url is not None
+        yield connector, connector.events_url
+
+
+FAULTS = {
+    "200 cut off after the status line": ("chat.postMessage", {"truncate": True}),
+    "500 after the post was stored": ("chat.postMessage.stored", {"status": 500}),
+    "internal_error after the post was stored": ("chat.postMessage.stored", {"status": 200}),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+async def test_a_post_with_an_unclear_outcome_is_looked_up_not_repeated(
+    server: FakeSlack, tmp_path: Path, fault: tuple[str, dict]
+) -> None:
+    route, kind = fault
+    server.faults.add(route, **kind)
+    settings = settings_for(server)
+    async with wired(SlackConnector(settings), settings, ScriptedResponder(chunks=3, delay=0.1), tmp_path):
+        await server.user_says("D610", OWNER, "once please")
+        await server.outbox.wait_for_text("D610", "You said: once please", timeout=20)
+        await asyncio.sleep(0.5)  # a second post would be in by now
+    assert len(server.faults.played) == 1
+    [reply] = server.outbox.in_chat("D610")
+    assert reply.text == "You said: once please"
+
+
+async def test_an_unclear_post_that_did_not_land_is_posted_again_once(server: FakeSlack, tmp_path: Path) -> None:
+    server.faults.add("chat.postMessage", status=503)  # refused before storing: not there, post again
+    settings = settings_for(server)
+    async with wired(SlackConnector(settings), settings, ScriptedResponder(), tmp_path):
+        await server.user_says("D611", OWNER, "try again")
+        [reply] = await server.outbox.wait_for_text("D611", "You said: try again", timeout=20)
+    assert [f.status for f in server.faults.played] == [503] and reply.text == "You said: try again"
+
+
+async def test_signed_bodies_of_the_wrong_shape_get_a_4xx_or_an_ignoring_200(server: FakeSlack, tmp_path: Path) -> None:
+    responder = ScriptedResponder()
+    secret = server.signing_secret
+    async with http_mode(server, responder, tmp_path) as (_, url):
+        answers = {}
+        for body in (b"[1,2,3]", b'"hello"', b"null", b"42", b"\xff\xfe{}", b"[" * 100_000):
+            answers[body[:12]] = await post_signed(url, body, secret)
+        not_an_object = {"type": "event_callback", "team_id": server.team_id, "event": ["not", "an", "object"]}
+        event_is_list = await post_signed(url, not_an_object, secret)
+        event_is_text = await post_signed(url, {**not_an_object, "event": "hello"}, secret)
+        odd = server.event_body("D612", OWNER, "odd")
+        odd["event"]["subtype"] = ["file_share"]
+        odd["event"]["files"] = "nope"
+        odd_fields = await post_signed(url, odd, secret)
+        fine = await post_signed(url, server.event_body("D612", OWNER, "a real one"), secret)
+        await server.outbox.wait_for_text("D612", "You said: a real one")
+    assert all(400 <= status < 500 for status, _ in answers.values()), answers
+    assert all("Traceback" not in text for _, text in answers.values())
+    assert event_is_list[0] == 200 and event_is_text[0] == 200, "Slack would retry these three times for nothing"
+    assert odd_fields[0] < 500 and fine[0] == 200
+    assert [m.text for m in responder.calls] == ["a real one"]
+
+
+async def _raw_post(url: str, headers: dict[str, str], body: bytes = b"") -> int:
+    """Sends a request's headers (and `body`, perhaps less than Content-Length says) and
+    returns the status that comes back, without sending the rest."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    await writer.drain()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    return int(status_line.split()[1])
+
+
+async def test_headers_and_size_are_checked_before_a_large_body_is_read(server: FakeSlack, tmp_path: Path) -> None:
+    responder = ScriptedResponder()
+    secret = server.signing_secret
+    async with http_mode(server, responder, tmp_path) as (_, url):
+        now = str(int(time.time()))
+        promised = {"Content-Type": "application/json", "Content-Length": str(50 * 1024 * 1024)}
+        unsigned = await _raw_post(url, promised)
+        stale = await _raw_post(url, {**promised, "X-Slack-Request-Timestamp": str(int(time.time()) - 400),
+                                      "X-Slack-Signature": "v0=" + "0" * 64})
+        too_big = await _raw_post(url, {**promised, "X-Slack-Request-Timestamp": now, "X-Slack-Signature": "v0=" + "0" * 64})
+        huge = server.event_body("D613", OWNER, "x" * 1_000_000)
+        signed_huge = await post_signed(url, huge, secret)
+        raw = json.dumps(server.event_body("D613", OWNER, "y" * 600_000)).encode()
+        chunked = await _chunked_post(url, raw, secret)
+        await post_signed(url, server.event_body("D613", OWNER, "small"), secret)
+        await server.outbox.wait_for_text("D613", "You said: small")
+    assert unsigned == 401 and stale == 401 and too_big == 413
+    assert signed_huge[0] == 413 and chunked == 413 and MAX_EVENT_BODY < 1_000_000
+    assert [m.text for m in responder.calls] == ["small"], "nothing over Slack's size reached the model"
+
+
+async def _chunked_post(url: str, raw: bytes, secret: str) -> int:
+    """A signed body sent without Content-Length (chunked), so only reading can find its size."""
+    ts = str(int(time.time()))
+    headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts,
+               "X-Slack-Signature": signature(secret, ts, raw)}
+
+    async def pieces():
+        for i in range(0, len(raw), 65536):
+            yield raw[i : i + 65536]
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=pieces(), headers=headers) as response:
+            return response.status
+
+
+async def test_a_token_revoked_at_runtime_fails_health_with_the_reason(server: FakeSlack, tmp_path: Path) -> None:
+    settings = settings_for(server)
+    connector = SlackConnector(settings)
+    async with wired(connector, settings, ScriptedResponder(), tmp_path):
+        assert connector.health().state == "ok"
+        await server.user_says("D614", OWNER, "hello")  # bolt checks the token on the first event only
+        await server.outbox.wait_for_text("D614", "You said: hello")
+        revoked = server.bot_token
+        server.bot_token = "xoxb-rotated-elsewhere"
+        await server.user_says("D614", OWNER, "are you there?")
+        await server.outbox.wait_for(lambda: connector.health().state == "failed", timeout=15)
+        health = connector.health()
+    assert "connectors.slack.bot_token" in health.detail and "invalid_auth" in health.detail
+    assert revoked not in health.detail and len(server.outbox.in_chat("D614")) == 1

@@ -13,6 +13,13 @@ truncated, as Slack does, and the outbox marks it). The websocket says `hello`, 
 connection ends are pushed again, with `retry_attempt` raised, on the next one.
 Messages the bot posts come back as `message` events, as they do from Slack.
 
+Faults for the unclear outcomes Slack documents: a post Slack stored whose answer was
+then lost (`drop="after"`), cut off after the status line (`truncate=True`: the 200's
+Content-Length promises more than arrives, as when a proxy dies mid-answer), or that
+took longer than the client waits (`delay`); and, on the route `METHOD.stored`, an error
+answered after the message was stored (`status=500`, or `status=200` for Slack's
+`internal_error`, "it's possible some aspect of the operation succeeded").
+
 API for tests and `aibox bench pipeline`:
 
     async with FakeSlack() as server:
@@ -23,6 +30,10 @@ API for tests and `aibox bench pipeline`:
         await server.user_says("C1", "U1", "hi", channel_type="channel", mention=True)
         server.outbox                                   # an outbox.Outbox: what the bot posted
         server.faults.add("chat.update", status=429, retry_after=1)   # routes are Web API method names
+        server.faults.add("chat.postMessage", truncate=True)  # stored, then a 200 cut off mid-body
+        server.faults.add("chat.postMessage", delay=20)       # stored 20 s late (past the client's time-out)
+        server.faults.add("chat.postMessage.stored", status=500)  # stored, then answered 500
+        server.bot_token = "xoxb-rotated"                # the bot's token revoked: calls get invalid_auth
         await server.drop_socket()                      # cut the websocket without a close frame
         await server.ask_to_reconnect()                 # {"type": "disconnect"}, as Slack sends
         await server.send_raw("{not json")              # a malformed frame
@@ -240,6 +251,8 @@ class FakeSlack:
         if token != wanted:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         fault = self.faults.take(method)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "drop_before":
             request.transport.abort()  # type: ignore[union-attr]
             return web.Response(status=500)
@@ -261,6 +274,11 @@ class FakeSlack:
         response = await handler(params)
         if fault is not None and fault.kind == "drop_after":
             request.transport.abort()  # type: ignore[union-attr]
+        if fault is not None and fault.kind == "truncated":
+            return await _cut_off(request, response)
+        stored = self.faults.take(f"{method}.stored") if response.status == 200 else None
+        if stored is not None and stored.kind == "status":
+            return web.json_response({"ok": False, "error": "internal_error"}, status=stored.status)
         return response
 
     async def _auth_test(self, params: dict[str, Any]) -> web.Response:
@@ -396,6 +414,18 @@ class FakeSlack:
             await ws.send_str(json.dumps(envelope))
         except (ConnectionError, RuntimeError):
             pass
+
+
+async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Sends `response`'s status and headers and half its body, then closes the connection."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    cut = web.StreamResponse(status=response.status, headers={"Content-Type": "application/json"})
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    assert request.transport is not None
+    request.transport.close()
+    return cut
 
 
 async def _params(request: web.Request) -> dict[str, Any]:

@@ -8,6 +8,13 @@
 - In: `user_message` posts the webhook Meta would post for a person's message,
   signed with `X-Hub-Signature-256` over the exact body; `post_raw` posts any bytes,
   signed or not; `verify` plays the subscription check.
+- Statuses: for every message it accepts, Meta posts a `sent` status to the webhook,
+  echoing the send's `biz_opaque_callback_data`; so does this server, once
+  `webhook_url` is set (`statuses_posted` counts them).
+- The 24-hour window: a send to a number whose person last wrote more than 24 hours
+  ago (`close_window(wa_id)` makes it so) is refused with error 131047, as Meta does.
+- Faults beyond the shared ones: `truncate=True` stores the message and answers a 200
+  whose JSON stops halfway; `delay` stores it that many seconds late.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from aibox.bench.platforms.outbox import FaultPlan, Outbox
 
 API_VERSION = "v21.0"
 MAX_TEXT = 4096
+WINDOW_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,9 @@ class FakeWhatsApp:
         self.webhook_url = ""
         self._ids = itertools.count(1)
         self._chat_of: dict[str, str] = {}
+        self._last_wrote: dict[str, float] = {}
+        self._status_tasks: set[asyncio.Task[None]] = set()
+        self.statuses_posted = 0
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
         self.port = port
@@ -73,6 +84,9 @@ class FakeWhatsApp:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._status_tasks):
+            task.cancel()
+        await asyncio.gather(*self._status_tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -120,7 +134,26 @@ class FakeWhatsApp:
             assert response.status_code == 200, response.text
         return message["id"]
 
+    def close_window(self, wa_id: str) -> None:
+        """The person last wrote 25 hours ago: free-form messages to them are refused."""
+        self._last_wrote[wa_id] = time.time() - WINDOW_S - 3600
+
+    def person_wrote(self, wa_id: str) -> None:
+        """Opens the person's 24-hour window (every message they post does)."""
+        self._last_wrote[wa_id] = time.time()
+
+    def _opens_window(self, body: bytes) -> None:
+        try:
+            event = json.loads(body)
+            for entry in event["entry"]:
+                for change in entry["changes"]:
+                    for m in change["value"].get("messages") or []:
+                        self.person_wrote(str(m["from"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+
     async def post_raw(self, body: bytes, *, sign: bool = True, signature: str | None = None) -> "Answer":
+        self._opens_window(body)
         headers = {"Content-Type": "application/json"}
         if sign:
             headers["X-Hub-Signature-256"] = signature or self.sign(body)
@@ -159,6 +192,8 @@ class FakeWhatsApp:
             return _error(400, 100, "The parameter messaging_product is required.", "OAuthException")
         route = "typing" if "typing_indicator" in body or body.get("status") == "read" else "send"
         fault = self.faults.take(route)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "drop_before":
             return await _drop(request)
         if fault is not None and fault.kind == "status":
@@ -182,8 +217,13 @@ class FakeWhatsApp:
             if len(text) > MAX_TEXT:
                 return _error(400, 100, f"Param text['body'] must be at most {MAX_TEXT} characters long.", "OAuthException")
             to = str(body.get("to"))
+            if time.time() - self._last_wrote.get(to, 0.0) > WINDOW_S:
+                return _error(400, 131047, "(#131047) Re-engagement message", "OAuthException", details=(
+                    "Message failed to send because more than 24 hours have passed since the customer last replied "
+                    "to this number."))
             message_id = f"wamid.out.{next(self._ids)}"
             self.outbox.post(to, message_id, text, (body.get("context") or {}).get("message_id"))
+            self._post_status(to, message_id, body.get("biz_opaque_callback_data"))
             response = web.json_response({
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": to, "wa_id": to}],
@@ -191,12 +231,45 @@ class FakeWhatsApp:
             })
         if fault is not None and fault.kind == "drop_after":
             return await _drop(request)
+        if fault is not None and fault.kind == "truncated":  # a proxy that died while passing it on
+            assert isinstance(response.body, bytes)
+            return web.Response(status=200, body=response.body[: len(response.body) // 2], content_type="application/json")
         return response
 
+    def _post_status(self, to: str, message_id: str, callback_data: Any) -> None:
+        """Meta's `sent` status for an accepted message, posted to the webhook soon after."""
+        if not self.webhook_url:
+            return
+        status: dict[str, Any] = {
+            "id": message_id, "status": "sent", "timestamp": str(int(time.time())), "recipient_id": to,
+            "conversation": {"id": f"conv-{to}", "origin": {"type": "service"}},
+            "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"},
+        }
+        if isinstance(callback_data, str):
+            status["biz_opaque_callback_data"] = callback_data
+        envelope = self.envelope(to, {})
+        value = envelope["entry"][0]["changes"][0]["value"]
+        del value["messages"], value["contacts"]
+        value["statuses"] = [status]
 
-def _error(status: int, code: int, message: str, kind: str) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "code": code, "fbtrace_id": "AbCdEfGh"}}
-    return web.json_response(body, status=status)
+        async def post() -> None:
+            try:
+                answer = await self.post_raw(json.dumps(envelope).encode())
+            except (ClientError, OSError, asyncio.TimeoutError):
+                return  # the bot is gone; Meta would retry, a test has no one to retry for
+            if answer.status_code == 200:
+                self.statuses_posted += 1
+
+        task = asyncio.get_running_loop().create_task(post())
+        self._status_tasks.add(task)
+        task.add_done_callback(self._status_tasks.discard)
+
+
+def _error(status: int, code: int, message: str, kind: str, details: str | None = None) -> web.Response:
+    error: dict[str, Any] = {"message": message, "type": kind, "code": code, "fbtrace_id": "AbCdEfGh"}
+    if details is not None:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    return web.json_response({"error": error}, status=status)
 
 
 async def _drop(request: web.Request) -> web.StreamResponse:
