@@ -15,6 +15,7 @@ go back to the model before it answers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from agents import tools
+from agents import tool_calls, tools
 from agents.registry import Registry, RegistryError
 from agents.schedule import ScheduleError, is_job_request
-from agents.sessions import Sessions, TokenCounter
+from agents.sessions import Sessions
 from agents.definition import AgentDefinition
 from connectors.base import InboundMessage
 from connectors.policy import command_name
@@ -97,8 +98,11 @@ class AgentRunner:
         if self.jobs is not None and is_job_request(msg.text):
             try:
                 created = await self.jobs.create_from_text(msg.text, msg.platform, msg.chat_id, msg.sender_id, definition.name, self.timezone)
-            except ScheduleError:
-                pass  # not a schedule after all: an ordinary message
+            except ScheduleError as e:
+                if e.found:  # a schedule that cannot be kept ("at 25 o'clock"): say so, never let the model agree
+                    yield f"I could not schedule that: {e}"
+                    return
+                # no schedule in it after all ("remind me what my cat is called"): an ordinary message
             else:
                 yield created.confirmation
                 return
@@ -135,58 +139,87 @@ class AgentRunner:
             extra += "\n" + tools.describe(definition.tools)
         messages = await self.sessions.build_context(definition, platform, chat_id, extra, count, window, self._summariser(definition))
         tags = UsageTags(source, f"{platform}:{sender_id}" if sender_id else None, definition.name)
-        ack = await self._start_long_answer(decision, definition, messages, platform, chat_id, tags, inbound)
+        ctx = tools.ToolContext(platform, chat_id, sender_id, definition.name, self.timezone, notes=self.sessions, jobs=self.jobs)
+        # A long answer is sampled without the call grammar (as before the one tool loop):
+        # llama.cpp aborts the whole process when a lazy grammar meets some long outputs
+        # ("empty grammar stack"), and a call written as text is still caught and run.
+        pieces = self.answer(definition, model, decision, messages, tags, ctx, text,
+                             grammar=not self._in_background(decision, platform, tags))
+        ack = await self._start_long_answer(decision, definition, pieces, platform, chat_id, tags, inbound)
         if ack is not None:
             yield ack
             return
-        ctx = tools.ToolContext(platform, chat_id, sender_id, definition.name, self.timezone, notes=self.sessions, jobs=self.jobs)
         answer: list[str] = []
         try:
-            for step in range(tools.MAX_CALLS_PER_TURN + 1):
-                may_call = bool(definition.tools) and step < tools.MAX_CALLS_PER_TURN
-                params = SamplingParams(
-                    max_tokens=min(definition.model.max_tokens, self.settings.max_tokens),
-                    temperature=definition.model.temperature,
-                    grammar=tools.call_grammar(definition.tools) if may_call else None,
-                    grammar_trigger=tools.CALL_TRIGGER if may_call else None,
-                )
-                call_text = None
-                try:
-                    async for piece, is_call in self._generate(model, decision, messages, params, tags):
-                        if is_call:
-                            call_text = piece
-                        else:
-                            answer.append(piece)
-                            yield piece
-                except BusyError as e:
-                    yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
-                    return
-                if call_text is None:
-                    return
-                result = await self.run_tool(call_text, definition, ctx)
-                messages = [*messages, {"role": "assistant", "content": call_text},
-                            {"role": "user", "content": f"Tool result: {result}\nNow answer the user."}]
+            async for piece in pieces:
+                answer.append(piece)
+                yield piece
+        except BusyError as e:
+            yield f"The box is busy right now; please try again in {e.retry_after:.0f} s."
         finally:
             if answer:
                 await self.sessions.add_turn(platform, chat_id, definition.name, "assistant", "".join(answer))
 
+    async def answer(
+        self, definition: AgentDefinition, model: str, decision: Decision | None, messages: list[Message],
+        tags: UsageTags, ctx: tools.ToolContext, text: str, grammar: bool = True,
+    ) -> AsyncIterator[str]:
+        """The one tool loop every answer path goes through (streamed chat turns, long
+        background answers, scheduled jobs): the text shown, never a tool call. A call
+        the message plainly asks for runs first; the model may then call tools (the
+        grammar offered lazily) up to the per-turn limit; a call it writes in any shape,
+        anywhere in its answer, is run or, past the limit, dropped."""
+        calls, result = 0, ""
+        obvious = tool_calls.obvious_call(text, definition.tools)
+        if obvious is not None:
+            call_text = json.dumps({"tool": obvious.tool, "arguments": obvious.arguments})
+            messages, result = await self._with_result(messages, call_text, definition, ctx)
+            calls = tools.MAX_CALLS_PER_TURN  # the result is all it asked for: now words, not more calls
+        while True:
+            may_call = bool(definition.tools) and calls < tools.MAX_CALLS_PER_TURN
+            params = SamplingParams(
+                max_tokens=min(definition.model.max_tokens, self.settings.max_tokens),
+                temperature=definition.model.temperature,
+                grammar=tools.call_grammar(definition.tools) if may_call and grammar else None,
+                grammar_trigger=tools.CALL_TRIGGER if may_call and grammar else None,
+            )
+            splitter = tool_calls.CallSplitter()
+            shown = False
+            async for piece in self._generate(model, decision, messages, params, tags, splitter):
+                shown = True
+                yield piece
+            if splitter.call is None:
+                return
+            if not may_call:
+                log.warning("a tool call was written where none may run; dropped", extra={"agent": definition.name})
+                if not shown:  # the tool's own answer beats none; an error is not an answer
+                    ok = result and not result.startswith("error:")
+                    yield result if ok else "I could not finish that with the tools I have; please ask again in other words."
+                return
+            calls += 1
+            messages, result = await self._with_result(messages, splitter.call, definition, ctx)
+
+    async def _with_result(
+        self, messages: list[Message], call_text: str, definition: AgentDefinition, ctx: tools.ToolContext,
+    ) -> tuple[list[Message], str]:
+        result = await self.run_tool(call_text, definition, ctx)
+        return [*messages, {"role": "assistant", "content": call_text},
+                {"role": "user", "content": f"Tool result: {result}\nNow answer the user."}], result
+
     async def _start_long_answer(
-        self, decision: Decision | None, definition: AgentDefinition, messages: list[Message], platform: str,
+        self, decision: Decision | None, definition: AgentDefinition, pieces: AsyncIterator[str], platform: str,
         chat_id: str, tags: UsageTags, inbound: InboundMessage | None = None,
     ) -> str | None:
         """A long answer to a chat message runs in the background (agents/long_answers.py):
         the reply is a short acknowledgement, a status message is edited as it grows, the
         answer is posted when done, and /cancel stops it. Returns the acknowledgement, or
         None when the turn should stream as usual (short answers, scheduled jobs, no chat
-        to post in). A long answer is written without tool calls: tools serve short
-        actions, not long writing."""
+        to post in). The answer comes out of the same tool loop (`pieces`) as a streamed
+        one, so a tool call is run there too and never posted as text."""
         long_answers = self.long_answers
-        if (decision is None or decision.length_class != "long" or long_answers is None or tags.source != platform
-                or not long_answers.serves(platform)):
+        if long_answers is None or not self._in_background(decision, platform, tags):
             return None
-        params = SamplingParams(max_tokens=min(definition.model.max_tokens, self.settings.max_tokens),
-                                temperature=definition.model.temperature)
-        stream = self.router.serve(decision, messages, params, tags)
+        stream: AsyncIterator[str] = pieces
 
         tracked = inbound is not None and self.inbox is not None
         if tracked:
@@ -207,6 +240,11 @@ class AgentRunner:
             raise
         return "On it: that is a long answer, so I'm writing it in the background and will post it here."
 
+    def _in_background(self, decision: Decision | None, platform: str, tags: UsageTags) -> bool:
+        """Whether this turn is a long answer to a chat message, written in the background."""
+        return (decision is not None and decision.length_class == "long" and self.long_answers is not None
+                and tags.source == platform and self.long_answers.serves(platform))
+
     async def _settle_when_stopped(self, stream: AsyncIterator[str], inbound: InboundMessage) -> AsyncIterator[str]:
         """A background answer that fails or that the user cancels still answered the
         message (the chat was told); one cut by the daemon stopping stays pending and is
@@ -223,35 +261,26 @@ class AgentRunner:
 
     async def _generate(
         self, model: str, decision: Decision | None, messages: list[Message], params: SamplingParams, tags: UsageTags,
-    ) -> AsyncIterator[tuple[str, bool]]:
-        """Text pieces as they come, or one whole tool call (`is_call`) when the answer
-        starts with "{" under the tool grammar. A routed turn is served with its fallback chain."""
+        splitter: tool_calls.CallSplitter,
+    ) -> AsyncIterator[str]:
+        """The text to show as it comes; a tool call, wherever it starts, ends the
+        stream and is left in `splitter.call`. A routed turn is served with its fallback chain."""
         if decision is not None:
             stream = self.router.serve(decision, messages, params, tags)
         else:
             stream = await self.router.open(model, messages, params, tags)
-        head = ""
-        decided = not params.grammar
-        call: list[str] | None = None
         try:
             async for piece in stream:
-                if call is not None:
-                    call.append(piece)
-                    continue
-                if not decided:
-                    head += piece
-                    if not head.strip():
-                        continue
-                    decided = True
-                    if head.lstrip().startswith("{"):
-                        call = [head]
-                        continue
-                    piece = head
-                yield piece, False
+                shown = splitter.feed(piece)
+                if shown:
+                    yield shown
+                if splitter.call is not None:
+                    return
         finally:
             stream.cancel()
-        if call is not None:
-            yield "".join(call), True
+        rest = splitter.finish()
+        if rest:
+            yield rest
 
     async def run_tool(self, call_text: str, definition: AgentDefinition, ctx: tools.ToolContext) -> str:
         parsed = tools.parse_call(call_text)

@@ -5,8 +5,9 @@ APScheduler keeps each job's trigger and next run time in its SQLAlchemy job sto
 the job is for (chat, agent, task) and `agent_job_runs` what happened each time.
 
 - A reminder says its text back; any other job runs an agent turn and delivers the answer.
-- Runs missed while the box was off are coalesced into one run, and the message says
-  how many it stands for.
+- Runs missed while the box was off are coalesced into one run; every run made up
+  late (a one-off reminder, a single missed run, many) says when it was due, and how
+  many runs it stands for.
 - A job that fails twice in a row alerts the owner.
 
 APScheduler stores a job's function as an importable reference, so every job calls
@@ -23,13 +24,16 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import select
 
+from agents.pronouns import second_person
 from agents.registry import AgentEntry
 from agents.schedule import JobRequest, next_runs, parse_request, parse_when
 from agents.tables import JobInfo, JobRun
@@ -46,6 +50,8 @@ Alert = Callable[[str, str], Awaitable[None]]  # platform, text for the owner
 ALERT_AFTER_FAILURES = 2
 AGENT_JOB_ID = re.compile(r"^[a-z][a-z0-9_-]*-\d+$")  # "briefing-0"; jobs made in chat are "j" + hex
 MAX_MISSED_COUNT = 100_000
+# A run this much after its time was made up, not merely started a little late.
+LATE_AFTER = timedelta(minutes=1)
 _LIVE: dict[str, "ScheduledJobs"] = {}
 
 
@@ -79,6 +85,14 @@ class ScheduledJobs:
             timezone=timezone.utc,
         )
         self._running: set[asyncio.Task] = set()
+        self._due: dict[str, datetime] = {}  # job id -> the scheduled time of the run just submitted
+        self.scheduler.add_listener(self._submitted, EVENT_JOB_SUBMITTED)
+
+    def _submitted(self, event: JobSubmissionEvent) -> None:
+        """APScheduler knows when each run was due (a one-off job is gone from the store by
+        the time it runs); keep it for the late-run note."""
+        if event.scheduled_run_times:
+            self._due[event.job_id] = event.scheduled_run_times[-1]
 
     def start(self, paused: bool = False) -> None:
         _LIVE[self.service] = self
@@ -136,8 +150,10 @@ class ScheduledJobs:
         self.scheduler.add_job(run_job, request.when.trigger, args=(self.service, job_id), id=job_id,
                                name=request.task[:100], replace_existing=True, **extra)
         runs = [next_run_time] if next_run_time is not None else next_runs(request.when, 3)
-        what = f"remind you to {request.task}" if request.kind == "remind" else f"ask {agent}: {request.task}"
-        when = ", ".join(f"{r:%a %Y-%m-%d %H:%M %Z}" for r in runs)
+        # a reminder is said back to the user ("take your vitamins"); a request is quoted as the agent gets it
+        what = f"remind you to {second_person(request.task)}" if request.kind == "remind" else f"ask {agent}: {request.task}"
+        shown = "%a %Y-%m-%d %H:%M:%S %Z" if request.when.precise else "%a %Y-%m-%d %H:%M %Z"
+        when = ", ".join(f"{r:{shown}}" for r in runs)
         confirmation = f"Job {job_id}: I'll {what}, {request.when.description}. Next: {when}. Cancel with /cancel {job_id}."
         return Created(job_id, request.when.description, runs, confirmation)
 
@@ -237,16 +253,15 @@ class ScheduledJobs:
             since = _aware(info.last_run_at or info.created_at)
             job = self.scheduler.get_job(job_id)
             missed = _missed(job.trigger, since, now) if job is not None else 0
+            due = self._due.pop(job_id, None)
             run = JobRun(job_id=job_id, status="running", missed=missed, detail="")
             s.add(run)
             s.flush()
             run_id = run.id
             s.expunge(info)
         try:
-            text = f"⏰ Reminder: {info.task}" if info.kind == "remind" else await self.ask(info)
-            if missed:
-                text += (f"\n\n(The box was off when this job was due: this one run stands for {missed + 1} "
-                         f"scheduled runs since {since:%Y-%m-%d %H:%M} UTC.)")
+            text = f"⏰ Reminder: {second_person(info.task)}" if info.kind == "remind" else await self.ask(info)
+            text += _late_note(due, missed, since, now, info.timezone)
             await self.deliver(info.platform, info.chat_id, text)
             status, detail = "ok", ""
         except Exception as e:  # a failed run is recorded and counted, never crashes the scheduler
@@ -271,6 +286,23 @@ class ScheduledJobs:
             await self.alert(info.platform, text)
         except Exception as e:  # no way to reach the owner: the log is the last resort
             log.error("could not alert the owner about job %s: %s", info.id, redact(str(e)))
+
+
+def _late_note(due: datetime | None, missed: int, since: datetime, now: datetime, tz: str) -> str:
+    """The note on a run made up after the box was off: when it was due, and how many
+    scheduled runs it stands for when it stands for more than one."""
+    if not missed and (due is None or now - due < LATE_AFTER):
+        return ""
+    note = "\n\n(Late: the box was off when this was due"
+    if due is not None:
+        try:
+            local = due.astimezone(ZoneInfo(tz))
+        except (ZoneInfoNotFoundError, ValueError):
+            local = due
+        note += f", at {local:%Y-%m-%d %H:%M %Z}"
+    if missed:
+        note += f"; this one run stands for {missed + 1} scheduled runs since {since:%Y-%m-%d %H:%M} UTC"
+    return note + ".)"
 
 
 def _aware(when: datetime) -> datetime:

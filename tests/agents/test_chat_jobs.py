@@ -83,7 +83,7 @@ async def test_a_reminder_from_chat_is_delivered_and_jobs_survive_a_restart(tmp_
         await asyncio.to_thread(daemon.start)
         try:
             confirmed = await chat.say("remind me in 5 seconds to check the oven")
-            assert re.match(r"Job j[0-9a-f]{6}: I'll remind you to check the oven, once at \d{4}-\d\d-\d\d \d\d:\d\d \(Europe/Berlin\)\. Next: ", confirmed), confirmed
+            assert re.match(r"Job j[0-9a-f]{6}: I'll remind you to check the oven, once at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(Europe/Berlin\)\. Next: ", confirmed), confirmed
             reminder = await chat.expect_unprompted(r"Reminder: check the oven", timeout=60)
             assert reminder == "⏰ Reminder: check the oven"
             reminder_id = confirmed.split(":")[0].removeprefix("Job ")

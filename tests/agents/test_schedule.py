@@ -3,11 +3,16 @@ next run times the user is shown."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from agents import schedule
+from agents.pronouns import second_person
 from agents.schedule import ScheduleError, is_job_request, next_runs, parse_request
 
 UTC = ZoneInfo("UTC")
@@ -102,7 +107,52 @@ def test_same_words_same_job() -> None:
         ("Why does it crash at 5 pm?", False),
         ("What happens in 20 minutes?", False),
         ("tomorrow is my birthday", False),
+        ("remind me at 25 o'clock to call mum", True),
+        ("Remind me what my cat is called", True),
+        ("erinnere mich morgen um 9 an den Arzt", True),
+        ("jeden Montag um 8 Uhr die Nachrichten", True),
+        ("at 5pm is the deadline ok?", False),
     ],
 )
 def test_which_chat_messages_ask_for_a_job(text: str, is_job: bool) -> None:
     assert is_job_request(text) is is_job
+
+
+PHRASINGS = [json.loads(line) for line in (Path(schedule.__file__).parent / "data" / "schedule_phrasings.jsonl").read_text().splitlines()]
+
+
+def test_the_shipped_phrasings_cover_what_people_say() -> None:
+    assert len(PHRASINGS) >= 100
+    assert sum("refuse" in p for p in PHRASINGS) >= 15
+    words = " ".join(p["text"].lower() for p in PHRASINGS)
+    for form in ("tomorrow", "every other", "in europe/berlin", "pst", "erinnere", "rappelle-moi", "recuérdame", "seconds"):
+        assert form in words, form
+
+
+@pytest.mark.parametrize("case", PHRASINGS, ids=[p["text"] for p in PHRASINGS])
+def test_each_shipped_phrasing_parses_or_is_refused(case: dict) -> None:
+    """Sunday 2026-11-29 16:30 UTC; every expectation was written by hand."""
+    tz = case.get("tz", "UTC")
+    if "refuse" in case:
+        with pytest.raises(ScheduleError, match=re.escape(case["refuse"])) as refused:
+            parse_request(case["text"], tz, NOW)
+        assert refused.value.found is (case["refuse"] != "no schedule found")
+        return
+    r = parse_request(case["text"], tz, NOW)
+    assert (r.kind, r.task, r.when.description) == (case["kind"], case["task"], case["when"])
+    assert next_runs(r.when, 1, NOW)[0].isoformat() == case["first"]
+
+
+def test_a_reminder_under_a_minute_keeps_its_seconds() -> None:
+    r = parse_request("remind me in 30 seconds to take my vitamins", "UTC", NOW)
+    assert r.when.precise and r.when.description == "once at 2026-11-29 16:30:30 (UTC)"
+    assert not parse_request("remind me in 20 minutes to stretch", "UTC", NOW).when.precise
+
+
+@pytest.mark.parametrize(
+    ("text", "said_back"),
+    [("take my vitamins", "take your vitamins"), ("tell me that I am late", "tell you that you are late"),
+     ("My keys are in our car", "Your keys are in your car"), ("I'm out of milk, buy mine", "You're out of milk, buy yours")],
+)
+def test_pronouns_are_said_back_to_the_user(text: str, said_back: str) -> None:
+    assert second_person(text) == said_back

@@ -9,9 +9,12 @@ Telegram connector."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agents.scheduled_jobs import ScheduledJobs
@@ -42,6 +45,20 @@ class Box:
 
 def jobs_on(url: str, box: Box) -> ScheduledJobs:
     return ScheduledJobs(Store.open(url), box.deliver, box.ask, box.alert, "Europe/Berlin")
+
+
+async def off_then_on(url: str, make) -> tuple[ScheduledJobs, Box]:  # noqa: ANN001 - make(jobs) creates jobs
+    """Jobs made on a box that is then off for a while (its scheduler paused and shut
+    down), and the box switched on again."""
+    off = jobs_on(url, Box())
+    off.start(paused=True)
+    make(off)
+    await off.shutdown()
+    off.store.close()
+    box = Box()
+    on = jobs_on(url, box)
+    on.start()
+    return on, box
 
 
 async def until(condition, timeout: float = 20.0) -> None:  # noqa: ANN001
@@ -85,17 +102,10 @@ async def test_runs_missed_while_off_are_coalesced_into_one_with_a_note(tmp_path
     now = datetime.now(timezone.utc)
     # The box was switched off five hours ago, just after this hourly job was made:
     # five runs fell due while it was off.
-    off = jobs_on(url, Box())
-    off.start(paused=True)
     hourly = When(IntervalTrigger(hours=1, start_date=now - timedelta(hours=5), timezone=timezone.utc), "every hour (UTC)", "UTC", False)
-    off.create(JobRequest(hourly, "remind", "drink water"), "telegram", "42", "42", "assistant", job_id="hourly",
-               next_run_time=now - timedelta(hours=4), created_at=now - timedelta(hours=5))
-    await off.shutdown()
-    off.store.close()
-
-    box = Box()
-    on = jobs_on(url, box)
-    on.start()
+    on, box = await off_then_on(url, lambda off: off.create(
+        JobRequest(hourly, "remind", "drink water"), "telegram", "42", "42", "assistant", job_id="hourly",
+        next_run_time=now - timedelta(hours=4), created_at=now - timedelta(hours=5)))
     await until(lambda: len(box.delivered) == 1)
     await asyncio.sleep(1.5)
     assert len(box.delivered) == 1, "missed runs must be coalesced into one"
@@ -189,3 +199,37 @@ async def test_a_reminder_cut_short_by_a_crash_runs_after_the_restart(tmp_path: 
     await asyncio.sleep(0.5)
     assert len(third.history(created.id)) == 1, "and it does not run again on the next start"
     await third.shutdown()
+
+
+async def test_every_run_made_up_after_the_box_was_off_says_it_is_late(tmp_path: Path) -> None:
+    """A one-off reminder due while the box was off, and a recurring job that missed
+    just one run, both say when they were due (not only runs standing for several)."""
+    url = f"sqlite:///{tmp_path / 'aibox.db'}"
+    now = datetime.now(timezone.utc)
+    once = When(DateTrigger(run_date=now - timedelta(hours=1), timezone=timezone.utc), "once", "UTC", True)
+    hourly = When(IntervalTrigger(hours=1, start_date=now - timedelta(minutes=90), timezone=timezone.utc), "every hour (UTC)", "UTC", False)
+
+    def make(off: ScheduledJobs) -> None:
+        off.create(JobRequest(once, "remind", "take my vitamins"), "telegram", "42", "42", "assistant", job_id="once",
+                   created_at=now - timedelta(hours=2))
+        off.create(JobRequest(hourly, "remind", "stretch"), "telegram", "42", "42", "assistant", job_id="hourly",
+                   next_run_time=now - timedelta(minutes=30), created_at=now - timedelta(minutes=90))
+
+    on, box = await off_then_on(url, make)
+    await until(lambda: len(box.delivered) == 2)
+    texts = sorted(text for _, _, text in box.delivered)
+    due_once = (now - timedelta(hours=1)).astimezone(ZoneInfo("UTC"))
+    assert texts[0].startswith("⏰ Reminder: stretch\n\n(Late: the box was off when this was due, at ")
+    assert "stands for" not in texts[0], "one missed run is one run"
+    assert texts[1] == f"⏰ Reminder: take your vitamins\n\n(Late: the box was off when this was due, at {due_once:%Y-%m-%d %H:%M} UTC.)"
+    await on.shutdown()
+
+
+async def test_a_run_on_time_has_no_note_and_confirmations_speak_to_the_user(tmp_path: Path) -> None:
+    jobs, box = await off_then_on(f"sqlite:///{tmp_path / 'aibox.db'}", lambda _off: None)
+    created = await jobs.create_from_text("in 2 seconds remind me to take my vitamins", "telegram", "42", "42", "assistant")
+    assert "I'll remind you to take your vitamins, once at " in created.confirmation
+    assert re.search(r"Next: \w{3} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d CET", created.confirmation), "seconds for a reminder under a minute"
+    await until(lambda: len(box.delivered) == 1)
+    assert box.delivered == [("telegram", "42", "⏰ Reminder: take your vitamins")]
+    await jobs.shutdown()

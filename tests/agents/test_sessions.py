@@ -16,8 +16,6 @@ from sqlalchemy import func, select
 from agents.sessions import Sessions
 from agents.definition import parse_agent
 from agents.tables import Turn
-from aibox.config import parse_config
-from aibox.daemon import Daemon
 from aibox.store import Store
 from connectors.base import InboundMessage
 
@@ -111,27 +109,18 @@ async def test_reset_starts_fresh_and_keeps_history(sessions: Sessions) -> None:
     assert len(await sessions.all_turns("tg", "1", "a")) == 4
 
 
-async def test_runner_commands_and_compaction_with_the_real_model(tmp_path: Path, models_dir: Path) -> None:
+async def test_runner_commands_and_compaction_with_the_real_model(real_box) -> None:  # noqa: ANN001 - fixture
     """The real runner and SmolLM2: /remember, /forget, /history, /reset, /agents, /use,
     and compaction whose summary the real fast model writes."""
-    state = tmp_path / "box"
-    (state / "agents").mkdir(parents=True)
-    (state / "agents" / "tiny.toml").write_text(
-        'name = "tiny"\ndescription = "short memory"\nsystem_prompt = "Answer in a few words."\n'
-        "[memory]\nrecent_turns = 2\n"
-        '[model]\npolicy = "pinned"\nname = "smollm2-135m-instruct"\n'
-    )
-    config = parse_config({"state_dir": str(state), "models_dir": str(models_dir), "runtime": {"max_tokens": 12},
-                           "agents": {"default_agent": "tiny"}})
-    daemon = Daemon(config)
-    store = Store.open(config.store_url)
-    runner = daemon.build(store).runner
+    agent = ('name = "tiny"\ndescription = "short memory"\nsystem_prompt = "Answer in a few words."\n'
+             "[memory]\nrecent_turns = 2\n"
+             '[model]\npolicy = "pinned"\nname = "smollm2-135m-instruct"\n')
+    async with real_box("tiny", agent, runtime={"max_tokens": 12}) as runner:
 
-    async def say(text: str, n: int = [0]) -> str:  # noqa: B006 - a message id counter
-        n[0] += 1
-        return "".join([p async for p in runner(InboundMessage("telegram", "9", "9", str(n[0]), text))])
+        async def say(text: str, n: int = [0]) -> str:  # noqa: B006 - a message id counter
+            n[0] += 1
+            return "".join([p async for p in runner(InboundMessage("telegram", "9", "9", str(n[0]), text))])
 
-    try:
         assert "→ tiny" in await say("/agents")
         assert (await say("/remember I live in Lisbon")).startswith("Noted (")
         for question in ("Hello!", "What is two plus two?", "Name a fruit."):
@@ -149,6 +138,3 @@ async def test_runner_commands_and_compaction_with_the_real_model(tmp_path: Path
         assert await say("/history") == "No turns yet in this conversation."
         assert (await say("/use coder")).startswith("Now talking to coder")
         assert (await say("/use nobody")).startswith("no agent named 'nobody'")
-    finally:
-        await daemon.pool.close()
-        store.close()
