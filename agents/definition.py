@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from aibox.config import describe_validation_error
 
-TOOL_NAMES = ("time", "calculator", "notes", "reminders")
+TOOL_NAMES = ("time", "calculator", "notes", "reminders", "files", "web_fetch", "run", "skill")
+# An MCP server's tools are granted as "SERVER.tool" or "SERVER.*" (every tool of that server).
+MCP_GRANT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\.(\*|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
@@ -73,7 +75,8 @@ class AgentDefinition(_Section):
     default: bool = Field(False, description="the agent chats use until they pick another with /use")
     system_prompt: str = Field(min_length=1)
     model: ModelPolicy = ModelPolicy()
-    tools: list[str] = Field(default_factory=list, description=f"granted tools, any of {', '.join(TOOL_NAMES)}")
+    tools: list[str] = Field(default_factory=list, description=f"granted tools, any of {', '.join(TOOL_NAMES)}, or SERVER.tool / SERVER.* of an MCP server")
+    skills: list[str] = Field(default_factory=list, description="skills the agent may load with the skill tool")
     memory: MemorySettings = MemorySettings()
     schedules: list[Schedule] = Field(default_factory=list)
     chats: list[str] = Field(default_factory=lambda: ["*"], description='"*", "platform:*" or "platform:chat_id"')
@@ -88,9 +91,19 @@ class AgentDefinition(_Section):
     @field_validator("tools")
     @classmethod
     def _tools(cls, v: list[str]) -> list[str]:
-        unknown = [t for t in v if t not in TOOL_NAMES]
+        unknown = [t for t in v if t not in TOOL_NAMES and not MCP_GRANT_RE.match(t)]
         if unknown:
-            raise ValueError(f"unknown tool {unknown[0]!r}; known: {', '.join(TOOL_NAMES)}")
+            raise ValueError(f"unknown tool {unknown[0]!r}; known: {', '.join(TOOL_NAMES)}, or SERVER.tool / SERVER.* for an MCP server")
+        return v
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        bad = [s for s in v if not NAME_RE.match(s)]
+        if bad:
+            raise ValueError(f"skill name {bad[0]!r}: lower-case letters, digits, '-' or '_', starting with a letter")
+        if v and "skill" not in info.data.get("tools", []):
+            raise ValueError('listing skills needs the "skill" tool in tools (it loads a skill\'s instructions)')
         return v
 
     def serves(self, platform: str, chat_id: str) -> bool:
