@@ -3,6 +3,8 @@
 A card says what a model is (file, size, sha256, license, context length, roles) and
 where to get it, sources in priority order: the upstream URL real users download from,
 a PyPI mirror (wheels whose members concatenate to the file), or a local path.
+A card without a sha256 is unverified: `aibox models pull` refuses it until the
+publisher's hash is filled in.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ModelCard(_Strict):
     license: str = ""
     chat_template: str = "gguf"
     context_length: int = Field(4096, ge=128)
+    layers: int = Field(0, ge=0)  # transformer blocks, to split a model between GPU and CPU; 0: unknown
     sources: list[Source] = []
     draft_models: list[str] = []
     unsuitable_for: list[Literal["code", "long", "chat"]] = []

@@ -113,6 +113,8 @@ def pull(
     """Fetches the model from the first source that works and returns its verified path."""
     if not card.is_local:
         raise PullError(f"{card.name} is served remotely; there is no file to pull")
+    if not card.sha256:
+        raise PullError(f"{card.name}: the card has no sha256 pin yet (unverified); add the publisher's sha256 to the card first")
     models_dir.mkdir(parents=True, exist_ok=True)
     final = model_path(card, models_dir)
     if final.is_file():

@@ -8,7 +8,7 @@ from rich.table import Table
 from aibox.cli.client import AdminClient, DaemonNotRunning
 from aibox.cli.common import EXIT_NOINPUT, JsonOption, console, fail, get_config, print_json
 
-KEYS = ("predicted_tokens", "length_class", "model", "candidates", "reason")
+KEYS = ("predicted_tokens", "length_class", "task_kind", "model", "candidates", "reason")
 
 
 def route(
@@ -21,8 +21,8 @@ def route(
     attachment_chars: int = typer.Option(0, "--attachment-chars", min=0, help="Length of attached text."),
     json: bool = JsonOption,
 ) -> None:
-    """Dry-run the router: predicted answer length, the model it picks, the expected seconds of
-    every candidate and the reason. Asks the running daemon (live queues); without one, decides
+    """Dry-run the router: predicted answer length and task kind, the model it picks, the
+    expected seconds and measured quality (points right on this kind) of every candidate and the reason. Asks the running daemon (live queues); without one, decides
     here from the config, the catalog and the store."""
     config = get_config(ctx)
     body = {"text": text, "agent": agent, "sender": sender, "pinned": pinned, "override": override,
@@ -36,12 +36,14 @@ def route(
     if json:
         print_json({k: data[k] for k in KEYS} | {k: v for k, v in data.items() if k not in KEYS})
         return
-    console.print(f"[bold]{data['model']}[/bold]: {data['length_class']} answer, about {data['predicted_tokens']} tokens")
+    console.print(f"[bold]{data['model']}[/bold]: {data['task_kind']}, {data['length_class']} answer, "
+                  f"about {data['predicted_tokens']} tokens")
     console.print(f"reason: {data['reason']}")
-    table = Table("candidate", "expected s", "tok/s", "TTFT s", "queue", "speed from", "note")
+    table = Table("candidate", "expected s", "quality", "tok/s", "TTFT s", "queue", "speed from", "note")
     for c in data["candidates"]:
-        table.add_row(c["model"], f"{c['expected_s']:.1f}", f"{c['tok_s']:.1f}", f"{c['ttft_s']:.2f}", str(c["queue"]),
-                      c["speed_source"], c["excluded"] or c["accelerated"])
+        quality = "not measured" if c["quality"] is None else f"{c['quality']:.0f}"
+        table.add_row(c["model"], f"{c['expected_s']:.1f}", quality, f"{c['tok_s']:.1f}", f"{c['ttft_s']:.2f}",
+                      str(c["queue"]), c["speed_source"], c["excluded"] or c["accelerated"])
     console.print(table)
     if not data["daemon"]:
         console.print("(no daemon running: decided locally, with no live queues)")

@@ -6,18 +6,21 @@ table, which also holds what the speculative engine achieved when it served them
 the live worker's last rate when the table has nothing yet; a model never run here gets
 a prior scaled from its file size, marked as such in the reason. Queue depth comes from
 the pool (local) or the remote client (offloaded), and a model not in memory pays its
-load time. Quality limits come from the card (`unsuitable_for`).
+load time. Quality is measured too: the rate of right answers per task kind that `aibox
+models eval` stored (aibox.router.quality); the card's `unsuitable_for` rules a model out
+whether or not it was measured.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from aibox.router.quality import measured_quality
 from aibox.store import Store
 from aibox.store.schema import Generation
 from models.catalog import Catalog, ModelCard
@@ -62,7 +65,10 @@ class Candidate:
     unsuitable_for: list[str]
     roles: list[str]
     accelerated: str = ""
+    quality_by_kind: dict[str, float] = field(default_factory=dict)  # measured right answers, 0-100 points
+    quality_items: dict[str, int] = field(default_factory=dict)  # items each figure was measured on
     expected_s: float = 0.0
+    quality: float | None = None  # measured points for this request's kind; None: not measured, the card decides
     excluded: str = ""  # why the router will not use it for this request
 
     def as_dict(self) -> dict:
@@ -177,9 +183,12 @@ class CandidateSource:
                 continue
             speed = self.speed(card)
             queue, load_s = self.queue_and_load(card)
+            quality = measured_quality(self.store, card.name)
             out.append(Candidate(
                 model=card.name, remote=not card.is_local, tok_s=speed.tok_s, ttft_s=speed.ttft_s, queue=queue,
                 load_s=load_s, speed_source=speed.source, unsuitable_for=list(card.unsuitable_for),
                 roles=list(card.roles), accelerated=speed.accelerated,
+                quality_by_kind={k: round(100 * q.rate, 1) for k, q in quality.items()},
+                quality_items={k: q.items for k, q in quality.items()},
             ))
         return out

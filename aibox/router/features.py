@@ -272,3 +272,31 @@ def extract(text: str, agent: str | None = None, attachment_chars: int = 0) -> F
         cjk=bool(CJK.search(instruction)),
         agent=agent,
     )
+
+
+
+# Sums asked in words or symbols; wider than MATHS, which the length model was fitted on.
+ARITHMETIC = re.compile(
+    r"\d\s*(plus|minus|times|divided by|multiplied by|mal|geteilt durch|fois|moins|divisé par|más|menos|por|dividido entre|"
+    r"più|meno|per|diviso|vezes|[-+*/×÷^])\s*\d|\d\s*(加|减|乘以|除以)\s*\d|\d\s*% of\b|\bsquare root\b|\bpower of\b",
+    re.I,
+)
+TRANSLATE_EXTRA = re.compile(r"訳|翻譯|\bübersetz", re.I)
+
+
+def task_kind(text: str, f: Features) -> str:
+    """The kind of task in the evaluation set's terms (aibox.router.quality.KINDS), so the
+    router can weigh each model's measured rate of right answers for it."""
+    if f.code or f.code_write:
+        return "code"
+    if f.summarise:
+        return "summary"
+    if f.translate or TRANSLATE_EXTRA.search(text):
+        return "translation"
+    instruction, _ = split_attachment(text)
+    if f.maths or ARITHMETIC.search(instruction):
+        return "arithmetic"
+    asks = f.factual or f.question or instruction.rstrip().endswith(("?", "？"))
+    if asks and not f.write and not f.open_question and (f.brief or f.factual or not f.definition):
+        return "fact"
+    return "instruction"

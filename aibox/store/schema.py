@@ -1,6 +1,6 @@
 """Tables of the box. Each concern keeps its tables in its own module and its own
-Alembic migration branch (see migrations/versions); this module holds the shared base
-and the runtime's usage log."""
+Alembic migration branch (see migrations/versions); this module holds the shared base,
+the runtime's usage log and the measured answer quality the router weighs beside it."""
 
 from __future__ import annotations
 
@@ -36,3 +36,19 @@ class Generation(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     total_ms: Mapped[float] = mapped_column(Float, default=0.0)
     finish_reason: Mapped[str] = mapped_column(String(32), default="stop")
+
+
+class ModelQuality(Base):
+    """Rate of right answers of one model on one kind of task, from `aibox models eval` on
+    this box: the quality the router weighs against the speeds above."""
+
+    __tablename__ = "model_quality"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    correct: Mapped[int] = mapped_column(Integer, default=0)
+    rate: Mapped[float] = mapped_column(Float, default=0.0)
+    mean_s: Mapped[float] = mapped_column(Float, default=0.0)
+    eval_set: Mapped[str] = mapped_column(String(32), default="")
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -132,10 +132,11 @@ async def test_a_chat_picks_its_model_with_slash_model_over_the_router(tmp_path:
         code = "Write a Python function that reverses a list."
         try:
             assert "not a model this box can answer with" in await ask("/model ghost")
-            assert "qwen2.5-coder-0.5b-instruct" not in await ask("/model"), "a draft-only model is no choice"
+            assert "qwen2.5-coder-0.5b-instruct" in await ask("/model"), "a fast model that also drafts is a choice"
             assert (await ask(f"/model {SMOL}")).startswith(f"This chat now uses {SMOL}")
             assert await answer_model(code) == SMOL
             assert (await ask("/model auto")).startswith("The box picks the model")
-            assert await answer_model(code) == "qwen2.5-coder-1.5b-instruct"
+            # the router again: the 135M card rules itself out of code, either coder model may answer
+            assert await answer_model(code) in {"qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"}
         finally:
             assert await asyncio.to_thread(daemon.stop) == 0, daemon.log_tail()
