@@ -118,6 +118,17 @@ class Pairing:
         self._approved[(approved.platform, approved.sender_id)] = approved
         return approved
 
+    def deny(self, code: str) -> Pending:
+        """Drops a pending code without approving it; the sender gets a new one if they write again."""
+        code = code.strip().upper().replace("-", "").replace(" ", "")
+        with self.store.session() as s:
+            row = s.get(PairingCode, code)
+            if row is None:
+                raise PairingError(f"no pending pairing code {code!r} (codes expire after one hour)")
+            pending = _pending(row)
+            s.delete(row)
+        return pending
+
     def revoke(self, sender: str, platform: str | None = None) -> list[Approved]:
         """Removes a sender ("ID" or "platform:ID") on every platform it matches."""
         if platform is None and ":" in sender:

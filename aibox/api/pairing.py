@@ -1,4 +1,4 @@
-"""Admin API routes for pairing: list, approve, revoke (`aibox pairing ...` calls them),
+"""Admin API routes for pairing: list, approve, deny, revoke (`aibox pairing ...` calls them),
 served on the daemon's UNIX socket with the rest of the admin API."""
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ def pairing_routes(connectors: ConnectorManager) -> list[Route]:
             raise ApiError(404, str(e), code="pairing_not_found") from None
         return JSONResponse({"platform": a.platform, "sender_id": a.sender_id, "role": a.role, "name": a.name})
 
+    async def deny(request: Request) -> Response:
+        code = await read_field(request, "code")
+        try:
+            p = manager().deny(code)
+        except PairingError as e:
+            raise ApiError(404, str(e), code="pairing_not_found") from None
+        return JSONResponse({"code": p.code, "platform": p.platform, "sender_id": p.sender_id, "name": p.name})
+
     async def revoke(request: Request) -> Response:
         sender = await read_field(request, "sender")
         try:
@@ -51,5 +59,6 @@ def pairing_routes(connectors: ConnectorManager) -> list[Route]:
     return [
         Route("/pairing", listing, methods=["GET"]),
         Route("/pairing/approve", approve, methods=["POST"]),
+        Route("/pairing/deny", deny, methods=["POST"]),
         Route("/pairing/revoke", revoke, methods=["POST"]),
     ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from aibox.cli.client import admin_call
-from aibox.cli.common import JsonOption, console, get_config, print_json
+from aibox.cli.client import admin_show
+from aibox.cli.common import JsonOption, console
 
 app = typer.Typer(help="Approve, list and revoke chat senders (pairing codes).", no_args_is_help=True)
 
@@ -18,9 +18,8 @@ app = typer.Typer(help="Approve, list and revoke chat senders (pairing codes).",
 @app.command("list")
 def list_(ctx: typer.Context, json: bool = JsonOption) -> None:
     """Show pending pairing codes and the approved senders with their roles."""
-    data = admin_call(get_config(ctx), "GET", "/pairing")
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "GET", "/pairing", json)
+    if data is None:
         return
     pending = Table("code", "platform", "sender", "name", "expires", title="Pending codes")
     for p in data["pending"]:
@@ -35,12 +34,21 @@ def list_(ctx: typer.Context, json: bool = JsonOption) -> None:
 @app.command()
 def approve(ctx: typer.Context, code: str = typer.Argument(..., help="The code the sender received."), json: bool = JsonOption) -> None:
     """Let the sender who received CODE talk to the box (the first one becomes owner)."""
-    data = admin_call(get_config(ctx), "POST", "/pairing/approve", json={"code": code})
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "POST", "/pairing/approve", json, json={"code": code})
+    if data is None:
         return
     who = f"{data['platform']}:{data['sender_id']}" + (f" ({data['name']})" if data["name"] else "")
     console.print(f"Approved {who} as {data['role']}.")
+
+
+@app.command()
+def deny(ctx: typer.Context, code: str = typer.Argument(..., help="The pending code to drop."), json: bool = JsonOption) -> None:
+    """Drop a pending code without approving it."""
+    data = admin_call(get_config(ctx), "POST", "/pairing/deny", json={"code": code})
+    if json:
+        print_json(data)
+        return
+    console.print(f"Denied {data['platform']}:{data['sender_id']} (code {data['code']}).")
 
 
 @app.command()
@@ -50,8 +58,7 @@ def revoke(
     json: bool = JsonOption,
 ) -> None:
     """Stop answering SENDER; they would have to pair again."""
-    data = admin_call(get_config(ctx), "POST", "/pairing/revoke", json={"sender": sender})
-    if json:
-        print_json(data)
+    data = admin_show(ctx, "POST", "/pairing/revoke", json, json={"sender": sender})
+    if data is None:
         return
     console.print("Revoked " + ", ".join(f"{r['platform']}:{r['sender_id']}" for r in data["revoked"]) + ".")
