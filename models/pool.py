@@ -19,13 +19,23 @@ from pathlib import Path
 
 from models.catalog import Catalog, ModelCard
 from models.chat_template import Message
-from models.files import VerifyError, verify
+from models.files import VerifyError, is_present, verify
 from models.runtime import LocalModel
 from models.sampling import SamplingParams
-from models.speculative.accelerator import Accelerator
+from models.speculative.accelerator import Accelerator, profile_on_load
 from models.stream import GenerationStats, TextStream
 
 log = logging.getLogger(__name__)
+
+
+# Retry-After bounds: no sooner than a second, never longer than a client would wait.
+MIN_RETRY_S = 1.0
+MAX_RETRY_S = 60.0
+# How quickly the measured seconds per job follow a change of workload.
+JOB_S_WEIGHT = 0.3
+# A model whose load failed (memory, a corrupt file) may load once the operator acted or
+# another model was unloaded: clients are told to look again after this long.
+LOAD_RETRY_S = 30.0
 
 
 class BusyError(Exception):
@@ -38,7 +48,16 @@ class BusyError(Exception):
 
 
 class ModelUnavailableError(Exception):
-    """The model cannot be loaded (file missing or corrupt, or not a local model)."""
+    """The model cannot be loaded (a corrupt file, a load that failed, or not a local model);
+    `retry_after` is set where trying again later can help."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelMissingError(ModelUnavailableError):
+    """The model's file is not on this box: only `aibox models pull` helps, not retrying."""
 
 
 @dataclass
@@ -122,6 +141,8 @@ class ModelWorker:
         self._on_finished = on_finished
         self.last_used = time.monotonic()
         self.recent_tok_s = 0.0
+        self.job_s: float | None = None  # measured seconds per job, a moving average
+        self._running_since: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"model-{self.card.name}", daemon=True)
         self._thread.start()
 
@@ -133,29 +154,43 @@ class ModelWorker:
 
     def submit(self, prompt: list[int], params: SamplingParams) -> LocalStream:
         self.model.check_fits(prompt)
+        self.model.check_params(params)
         with self._lock:
             if self._pending >= self.queue_size:
-                raise BusyError(self.card.name, retry_after=self._retry_hint())
+                raise BusyError(self.card.name, retry_after=self.retry_hint())
             self._pending += 1
         self.last_used = time.monotonic()
         job = _Job(prompt, params, asyncio.get_running_loop())
         self._jobs.put(job)
         return LocalStream(self, job)
 
-    def _retry_hint(self) -> float:
-        return max(1.0, min(60.0, self._pending * 5.0))
+    def retry_hint(self) -> float:
+        """Seconds until the queue has room for sure: the jobs ahead times the measured
+        seconds per job (before any job finished here, the running one's age so far).
+        Reads the count without the lock: `submit` calls it while holding it."""
+        per_job = self.job_s
+        if per_job is None:
+            since = self._running_since
+            per_job = time.monotonic() - since if since is not None else MIN_RETRY_S
+        return max(MIN_RETRY_S, min(MAX_RETRY_S, self._pending * per_job))
+
+    def _measured(self, seconds: float) -> None:
+        self.job_s = seconds if self.job_s is None else (1 - JOB_S_WEIGHT) * self.job_s + JOB_S_WEIGHT * seconds
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
                 if job.cancel.is_set():
                     continue
+                self._running_since = time.monotonic()
                 if self.accelerator is not None and self.accelerator.applies(job.params):
                     job.stats = self.accelerator.generate(self.model, job.prompt, job.params, job.put, job.cancel.is_set)
                 else:
                     job.stats = self.model.generate(job.prompt, job.params, job.put, job.cancel.is_set)
                 if job.stats.tokens_per_s:
                     self.recent_tok_s = job.stats.tokens_per_s
+                if job.stats.finish_reason != "cancelled":
+                    self._measured(job.stats.total_s)
                 self._on_finished(self.card.name, job.stats)
             except Exception as e:  # surfaced to the awaiting consumer, never kills the thread
                 log.exception("generation failed on %s", self.card.name)
@@ -163,6 +198,7 @@ class ModelWorker:
             finally:
                 with self._lock:
                     self._pending -= 1
+                self._running_since = None
                 self.last_used = time.monotonic()
                 job.put(_Job._DONE)
 
@@ -202,35 +238,47 @@ class ModelPool:
             card = self.catalog.get(name)
             if not card.is_local:
                 raise ModelUnavailableError(f"{name} is a remote model; it does not run in this pool")
+            # the file first: a model that cannot load must not cost a working one its place
+            path = await asyncio.to_thread(self._verified, card)
             await self._make_room()
-            model = await asyncio.to_thread(self._load, card)
+            model = await asyncio.to_thread(self._load, card, path)
             accelerator = await asyncio.to_thread(self._accelerate, model)
             worker = ModelWorker(model, self.settings.queue_size, self._on_finished, accelerator)
             self._workers[name] = worker
             return worker
 
-    def _load(self, card: ModelCard) -> LocalModel:
+    def _verified(self, card: ModelCard) -> Path:
+        if not is_present(card, self.settings.models_dir):
+            raise ModelMissingError(f"{card.name} is not on this box; run `aibox models pull {card.name}`")
         try:
-            path = verify(card, self.settings.models_dir)
+            return verify(card, self.settings.models_dir)
         except VerifyError as e:
-            raise ModelUnavailableError(str(e)) from None
+            raise ModelUnavailableError(str(e), retry_after=LOAD_RETRY_S) from None
+
+    def _load(self, card: ModelCard, path: Path) -> LocalModel:
         log.info("loading model", extra={"model": card.name, "path": str(path)})
-        return LocalModel(
-            card,
-            path,
-            threads=self.settings.threads,
-            n_ctx=self.settings.n_ctx,
-            state_cache_bytes=self.settings.state_cache_bytes,
-            kv_reuse=self.settings.kv_reuse,
-        )
+        try:
+            return LocalModel(
+                card,
+                path,
+                threads=self.settings.threads,
+                n_ctx=self.settings.n_ctx,
+                state_cache_bytes=self.settings.state_cache_bytes,
+                kv_reuse=self.settings.kv_reuse,
+            )
+        except (ValueError, RuntimeError, OSError) as e:  # llama.cpp refused the file or ran out of memory
+            raise ModelUnavailableError(f"{card.name} failed to load: {e}", retry_after=LOAD_RETRY_S) from None
 
     def _accelerate(self, model: LocalModel) -> Accelerator | None:
-        """Speculative decoding for this model, if its measured profile says it pays here."""
+        """Speculative decoding for this model, if its measured profile says it pays here (a
+        quick profile is measured the first time a model loads on this machine, before its
+        worker exists, so no generation runs during it)."""
         if self.settings.state_dir is None:
             return None
         try:
+            profile_on_load(model, self.settings.state_dir, self.settings.threads)
             return Accelerator.for_model(model, self.catalog, self.settings.models_dir, self.settings.state_dir, self.settings.threads)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # a failed measurement costs the speed-up, not the model
             log.warning("speculative decoding unavailable", extra={"model": model.card.name, "error": str(e)})
             return None
 
@@ -239,7 +287,7 @@ class ModelPool:
             idle = [w for w in self._workers.values() if w.depth == 0]
             if not idle:
                 busiest = min(self._workers.values(), key=lambda w: w.depth)
-                raise BusyError(busiest.card.name, retry_after=busiest._retry_hint())
+                raise BusyError(busiest.card.name, retry_after=busiest.retry_hint())
             victim = min(idle, key=lambda w: w.last_used)
             await self.unload(victim.card.name)
 

@@ -22,6 +22,7 @@ app = typer.Typer(help="Train, calibrate and evaluate DSpark drafters for specul
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
 ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for llama.cpp and torch (default: all cores).")
 GgufOption = typer.Option(None, "--gguf", help="Target GGUF file (default: the model's file in the models dir).")
+ModelOption = typer.Option(..., "--model", "-m", help="Target model name.")
 
 
 def _workdir(config: Config, model: str) -> Path:
@@ -47,6 +48,14 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _setup(ctx: typer.Context, model: str, gguf: Path | None, threads: int | None) -> tuple[Config, Path]:
+    """The config and the target's GGUF for a step that runs torch; sets torch's threads."""
+    config = get_config(ctx)
+    path = _target(config, model, gguf)
+    _threads(threads)
+    return config, path
+
+
 def _bar() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -57,7 +66,7 @@ def _bar() -> Progress:
 @app.command("prepare")
 def prepare_cmd(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", "-m", help="Target model name."),
+    model: str = ModelOption,
     gguf: Path = GgufOption,
     data: Path = typer.Option(None, "--data", help="Data directory (default: <state dir>/dspark/<model>/data)."),
     prompts: Path = typer.Option(None, "--prompts", help="Prompt set JSONL (default: the one shipped with aibox)."),
@@ -66,10 +75,11 @@ def prepare_cmd(
     temperature: float = typer.Option(0.0, min=0.0, help="Answer sampling temperature (0: greedy, what eval measures)."),
     top_p: float = typer.Option(1.0, min=0.01, max=1.0, help="Answer nucleus sampling."),
     feature_layers: str = typer.Option("", "--feature-layers", help="Also capture these target layers' outputs as features, e.g. 7,15,22 (default: the final hidden state only)."),
+    top_k: int = typer.Option(32, "--top-k", min=1, help="Target probabilities kept per answer token (what train's cheap loss reads)."),
     threads: int = ThreadsOption,
     json: bool = JsonOption,
 ) -> None:
-    """Let the target answer the prompt set and cache tokens and hidden states (fp16); resumable."""
+    """Let the target answer the prompt set and cache tokens, hidden states (fp16) and its top-k probabilities; resumable."""
     from models.dspark.target_weights import read_shape
     from models.dspark_toolkit.data import PROMPTS_FILE, DataError, PrepareSettings, estimate_bytes, free_bytes, load_prompts, prepare
 
@@ -82,7 +92,7 @@ def prepare_cmd(
         fail(str(e), EXIT_DATAERR)
     if limit:
         items = items[:limit]
-    settings = PrepareSettings(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    settings = PrepareSettings(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     try:
         chosen = [int(x) for x in feature_layers.split(",") if x.strip()]
     except ValueError:
@@ -109,7 +119,7 @@ def prepare_cmd(
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", "-m", help="Target model name."),
+    model: str = ModelOption,
     gguf: Path = GgufOption,
     data: Path = typer.Option(None, "--data", help="Prepared data (default: <state dir>/dspark/<model>/data)."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: <state dir>/dspark/<model>/dspark, or dflash)."),
@@ -125,6 +135,8 @@ def train_cmd(
     baseline: bool = typer.Option(False, "--baseline", help="Train the DFlash baseline: no serial correction, CE only."),
     max_minutes: float = typer.Option(None, min=0.1, help="Stop (with a checkpoint) after this long; rerun to resume."),
     checkpoint_every: int = typer.Option(50, min=1, help="Steps between checkpoints."),
+    exact_loss: bool = typer.Option(False, "--exact-loss", help="Compute the target's full distribution in every step instead of reading the prepared top-k (slower)."),
+    bf16: bool = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast for the draft forward (default: where the CPU or GPU does bf16 natively)."),
     device: str = DeviceOption,
     threads: int = ThreadsOption,
     json: bool = JsonOption,
@@ -135,14 +147,12 @@ def train_cmd(
     from models.dspark_toolkit.data import DataError
     from models.dspark_toolkit.trainer import TrainSettings, train
 
-    config = get_config(ctx)
-    path = _target(config, model, gguf)
-    _threads(threads)
+    config, path = _setup(ctx, model, gguf, threads)
     data = data or _workdir(config, model) / "data"
     out = out or _workdir(config, model) / ("dflash" if baseline else "dspark")
     settings = TrainSettings(steps=steps, batch_size=batch_size, anchors=anchors, lr=lr, n_layers=layers, ffn=ffn,
                              markov_rank=rank, draft_vocab=draft_vocab, block_size=block_size, baseline=baseline,
-                             checkpoint_every=checkpoint_every)
+                             checkpoint_every=checkpoint_every, exact_loss=exact_loss, bf16=bf16)
     try:
         dev = pick_device(device)
     except ValueError as e:
@@ -163,7 +173,8 @@ def train_cmd(
         print_json(result)
         return
     val = result["validation"]
-    console.print(f"{result['steps_done']}/{result['steps']} steps -> {result['out']}")
+    console.print(f"{result['steps_done']}/{result['steps']} steps ({result['loss_path']} loss, "
+                  f"{'bf16' if result['bf16'] else 'fp32'}) -> {result['out']}")
     console.print(f"held-out: loss {val['loss']:.3f}, greedy acceptance by position "
                   f"{' '.join(f'{a:.2f}' for a in val['accept'])}, τ estimate {val['tau_est']:.2f}")
 
@@ -171,7 +182,7 @@ def train_cmd(
 @app.command("calibrate")
 def calibrate_cmd(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", "-m", help="Target model name."),
+    model: str = ModelOption,
     gguf: Path = GgufOption,
     data: Path = typer.Option(None, "--data", help="Prepared data (its held-out split is used)."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Drafter directory (default: <state dir>/dspark/<model>/dspark)."),
@@ -185,9 +196,7 @@ def calibrate_cmd(
     from models.dspark_toolkit.calibrate import calibrate
     from models.dspark_toolkit.data import DataError
 
-    config = get_config(ctx)
-    path = _target(config, model, gguf)
-    _threads(threads)
+    config, path = _setup(ctx, model, gguf, threads)
     data = data or _workdir(config, model) / "data"
     checkpoint = checkpoint or _workdir(config, model) / "dspark"
     try:
@@ -210,7 +219,7 @@ def calibrate_cmd(
 @app.command("eval")
 def eval_cmd(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", "-m", help="Target model name."),
+    model: str = ModelOption,
     gguf: Path = GgufOption,
     dspark: Path = typer.Option(None, "--dspark", help="DSpark drafter (default: <state dir>/dspark/<model>/dspark)."),
     dflash: Path = typer.Option(None, "--dflash", help="DFlash baseline (default: <state dir>/dspark/<model>/dflash, if present)."),
@@ -227,9 +236,7 @@ def eval_cmd(
     from models.dspark.device import pick_device
     from models.dspark_toolkit.evaluate import evaluate
 
-    config = get_config(ctx)
-    path = _target(config, model, gguf)
-    _threads(threads)
+    config, path = _setup(ctx, model, gguf, threads)
     dspark = dspark or _workdir(config, model) / "dspark"
     if dflash is None and (_workdir(config, model) / "dflash" / "config.json").exists():
         dflash = _workdir(config, model) / "dflash"

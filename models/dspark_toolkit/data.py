@@ -10,7 +10,13 @@ becomes one file `<id>.safetensors` with
     features (L-1, f)  fp16   per position 0..L-2 (the last token is never context): the chosen
                               layers' outputs, then the final hidden state; f = d * (layers + 1)
     answer   (L,)      uint8  1 on answer tokens: the positions whose prediction is trained
-Files are written atomically, so an interrupted run resumes where it stopped.
+    top_ids   (N, k)   int32  per answer row (positions P-1..L-2, N answer tokens): the ids of the
+    top_probs (N, k)   fp16   target's k most likely next tokens and their probabilities (softmax of
+                              llama.cpp's logits at temperature 1), most likely first
+The top-k rows are what `prepare` already computed to pick each answer token; keeping them lets
+training skip the target's full-vocabulary head (the costliest part of a step, see `trainer`).
+Files are written atomically, so an interrupted run resumes where it stopped. Format 1 (before
+top-k) is still read, and trains on the exact path.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from models.speculative.target import LlamaTarget
 PROMPTS_FILE = Path(__file__).parent / "prompts.jsonl"
 CATEGORIES = ("chat", "code", "maths", "instructions", "edit")
 META = "meta.json"
+FORMAT = 2  # 2: top-k target probabilities per answer row
+DEFAULT_TOP_K = 32
 
 
 class DataError(ValueError):
@@ -76,18 +84,30 @@ class PrepareSettings:
     top_p: float = 1.0
     seed: int = 0
     n_ctx: int = 2048
+    top_k: int = DEFAULT_TOP_K  # target probabilities kept per answer row
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise DataError(f"top_k must be at least 1, got {self.top_k}")
 
 
 def estimate_bytes(n_prompts: int, settings: PrepareSettings, d_model: int, prompt_tokens: int = 96, n_layers: int = 0) -> int:
     """Upper bound of the disk a prepare run writes (fp16 features dominate)."""
     per_position = d_model * (n_layers + 1) * 2 + 4 + 1
-    return n_prompts * (prompt_tokens + settings.max_tokens) * per_position
+    per_answer_row = settings.top_k * (4 + 2)
+    return n_prompts * ((prompt_tokens + settings.max_tokens) * per_position + settings.max_tokens * per_answer_row)
 
 
 def _check_meta(out_dir: Path, meta: dict) -> None:
     path = out_dir / META
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("format", 1) != meta["format"]:
+            raise DataError(
+                f"{out_dir} holds data in format {old.get('format', 1)} (without cached target probabilities); "
+                f"prepare writes format {meta['format']}: use another --data directory or delete this one "
+                "(train still reads the old data, on the exact path)"
+            )
         if old != meta:
             changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise DataError(
@@ -99,15 +119,32 @@ def _check_meta(out_dir: Path, meta: dict) -> None:
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def _answer(target: LlamaTarget, prompt: list[int], settings: PrepareSettings, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
-    """The target's answer and the hidden state at every position but the last."""
+def top_k_probs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely ids (int32, most likely first) and their softmax probabilities (fp16)."""
+    k = min(k, logits.shape[-1])
+    shifted = np.exp(logits.astype(np.float64) - logits.max())
+    ids = np.argpartition(-logits, k - 1)[:k]
+    ids = ids[np.argsort(-logits[ids], kind="stable")]
+    return ids.astype(np.int32), (shifted[ids] / shifted.sum()).astype(np.float16)
+
+
+def _answer(
+    target: LlamaTarget, prompt: list[int], settings: PrepareSettings, rng: np.random.Generator
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """The target's answer, the hidden state at every position but the last, and the top-k
+    target distribution of every answer row."""
     target.rollback(0)
     out = target.decode(prompt)
     feats = [out.hidden]
     logits = out.logits[-1]
     sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
     answer: list[int] = []
+    top_ids: list[np.ndarray] = []
+    top_probs: list[np.ndarray] = []
     while len(answer) < settings.max_tokens and len(prompt) + len(answer) < settings.n_ctx - 1:
+        ids, p = top_k_probs(logits, settings.top_k)
+        top_ids.append(ids)
+        top_probs.append(p)
         tok = int(np.argmax(logits)) if sampling.greedy else sample(probs(logits, sampling), rng)
         answer.append(tok)
         if target.is_eog(tok) or len(answer) == settings.max_tokens:
@@ -115,7 +152,7 @@ def _answer(target: LlamaTarget, prompt: list[int], settings: PrepareSettings, r
         out = target.decode([tok])
         feats.append(out.hidden)
         logits = out.logits[-1]
-    return answer, np.concatenate(feats)
+    return answer, np.concatenate(feats), np.stack(top_ids), np.stack(top_probs)
 
 
 def prepare(
@@ -128,7 +165,7 @@ def prepare(
     layers: list[int] | None = None,
 ) -> dict:
     """Answer every prompt not yet done; returns counts and bytes on disk."""
-    meta = {"model": gguf_path.name, "format": 1, "settings": asdict(settings)}
+    meta = {"model": gguf_path.name, "format": FORMAT, "settings": asdict(settings)}
     if layers:
         meta["layers"] = list(layers)
     _check_meta(out_dir, meta)
@@ -144,13 +181,14 @@ def prepare(
             prompt = chat_prompt(target, p["prompt"])
             if len(prompt) + 2 >= settings.n_ctx:
                 raise DataError(f"prompt {p['id']} has {len(prompt)} tokens, more than n_ctx {settings.n_ctx} allows")
-            answer, feats = _answer(target, prompt, settings, rng)
+            answer, feats, top_ids, top_probs = _answer(target, prompt, settings, rng)
             tokens = np.array(prompt + answer, dtype=np.int32)
             mask = np.zeros(len(tokens), dtype=np.uint8)
             mask[len(prompt) :] = 1
             path = out_dir / f"{p['id']}.safetensors"
             tmp = path.with_suffix(".tmp")
-            save_file({"tokens": tokens, "features": feats[: len(tokens) - 1].astype(np.float16), "answer": mask}, str(tmp))
+            save_file({"tokens": tokens, "features": feats[: len(tokens) - 1].astype(np.float16), "answer": mask,
+                       "top_ids": top_ids, "top_probs": top_probs}, str(tmp))
             tmp.replace(path)
             tokens_written += len(answer)
             if progress:
@@ -189,6 +227,8 @@ class Example:
     tokens: torch.Tensor  # (L,) long
     features: torch.Tensor  # (L-1, d) fp16
     answer: torch.Tensor  # (L,) uint8
+    top_ids: torch.Tensor | None = None  # (N, k) int32 per answer row; None in format-1 data
+    top_probs: torch.Tensor | None = None  # (N, k) fp16
 
 
 def load_examples(data_dir: Path, validation_percent: int, split: str) -> list[Example]:
@@ -203,7 +243,7 @@ def load_examples(data_dir: Path, validation_percent: int, split: str) -> list[E
         if is_validation(pid, validation_percent) != (split == "val"):
             continue
         t = load_file(str(path))
-        out.append(Example(pid, t["tokens"].long(), t["features"], t["answer"]))
+        out.append(Example(pid, t["tokens"].long(), t["features"], t["answer"], t.get("top_ids"), t.get("top_probs")))
     if not out:
         raise DataError(f"{data_dir} has no {split} examples")
     return out
@@ -230,3 +270,22 @@ def collate(batch: list[Example], device: torch.device) -> tuple[torch.Tensor, t
         feats[i, : n - 1] = e.features.float()
         mask[i, :n] = e.answer
     return tokens.to(device), feats.to(device), mask.to(device)
+
+
+def collate_top_k(batch: list[Example], length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Top-k target distributions aligned with collate's feature rows: ids (B, L, k) long and
+    probabilities (B, L, k) float32, zero on rows that are no answer row (never supervised);
+    None when an example has none (format-1 data), which then trains on the exact path."""
+    if any(e.top_ids is None or e.top_probs is None for e in batch):
+        return None
+    k = batch[0].top_ids.shape[1]
+    if any(e.top_ids.shape[1] != k for e in batch):
+        raise DataError("the batch mixes examples prepared with different top_k")
+    ids = torch.zeros(len(batch), length, k, dtype=torch.long)
+    p = torch.zeros(len(batch), length, k)
+    for i, e in enumerate(batch):
+        first = int(e.answer.argmax()) - 1  # the row that predicts the first answer token
+        n = e.top_ids.shape[0]
+        ids[i, first : first + n] = e.top_ids.long()
+        p[i, first : first + n] = e.top_probs.float()
+    return ids.to(device), p.to(device)

@@ -1,8 +1,10 @@
 """Speculative generation inside the runtime, switched on per model only where it pays.
 
 The pool attaches an `Accelerator` to a loaded `LocalModel` when this machine's cached
-SPS(B) profile for that model says drafts can beat plain decoding (`aibox models profile
-NAME` measures it). It then runs the model's generations through the engine with the
+SPS(B) profile for that model says drafts can beat plain decoding. The first time a model
+loads on a machine (or a llama.cpp build) the pool measures a quick profile on the model's own
+context (`profile_on_load`: seconds, before its worker takes any job, so nothing else decodes
+on it meanwhile); `aibox models profile NAME` re-measures the full one. It then runs the model's generations through the engine with the
 `auto` drafter on the model's own llama.cpp context, so KV reuse and saved chat states keep
 working. Output is unchanged, token for token (greedy requests; see `applies`).
 
@@ -34,7 +36,7 @@ from models.speculative.drafters.draft_model import DraftModelDrafter
 from models.speculative.drafters.prompt_lookup import PromptLookupDrafter
 from models.speculative.engine import SpecEngine
 from models.speculative.metrics import SpecStats
-from models.speculative.profile import SpsProfile, load_profile, machine_info
+from models.speculative.profile import QUICK_BATCH_SIZES, QUICK_REPEATS, SpsProfile, load_profile, machine_info, measure, save_profile
 from models.speculative.scheduler import MIN_GAIN, Assessment, Scheduler
 from models.speculative.target import LlamaTarget
 from models.stream import GenerationStats
@@ -75,7 +77,8 @@ def plan(card: ModelCard, catalog: Catalog, models_dir: Path, state_dir: Path, t
     info = machine_info(threads)
     profile = load_profile(state_dir, card.name, info)
     if profile is None:
-        return Plan(None, drafters, None, None, f"no profile measured on this machine; run `aibox models profile {card.name}`")
+        return Plan(None, drafters, None, None, "no profile measured on this machine yet: the daemon measures one the first time "
+                    f"it loads the model, or run `aibox models profile {card.name}`")
     scheduler = Scheduler(profile)
     assessment = scheduler.assess(0.0)
     draft_model = None
@@ -99,6 +102,26 @@ def plan(card: ModelCard, catalog: Catalog, models_dir: Path, state_dir: Path, t
         dspark, why = dspark_can_pay(scheduler, dspark_checkpoint(card))
         reason += f"; DSpark {why}"
     return Plan(profile, drafters, assessment, draft_model, reason, dspark)
+
+
+def profile_on_load(model: LocalModel, state_dir: Path, threads: int) -> SpsProfile:
+    """This machine's profile for a model just loaded: the cached one, else a quick one measured
+    now on the model's own context (which it leaves empty) and cached. Must run before the
+    model's worker takes jobs: the timings need the context to themselves."""
+    info = machine_info(threads)
+    cached = load_profile(state_dir, model.card.name, info)
+    if cached is not None:
+        log.info("speculation profile cached", extra={"model": model.card.name, "quick": cached.quick})
+        return cached
+    start = time.perf_counter()
+    profile = measure(LlamaTarget(model.llm), model.card.name, info, batch_sizes=QUICK_BATCH_SIZES,
+                      repeats=QUICK_REPEATS, context=32, quick=True)
+    model._kv = []  # the measurement rolled the context back to empty
+    path = save_profile(state_dir, profile)
+    log.info("speculation profile measured", extra={"model": model.card.name, "seconds": round(time.perf_counter() - start, 2),
+                                                    "batch_sizes": profile.batch_sizes, "exact_batch": profile.exact_batch,
+                                                    "path": str(path)})
+    return profile
 
 
 def dspark_can_pay(scheduler: Scheduler, checkpoint: Path | None) -> tuple[bool, str]:
@@ -153,11 +176,11 @@ class Accelerator:
 
     @staticmethod
     def applies(params: SamplingParams) -> bool:
-        """Greedy requests without a grammar. Grammar-constrained output needs llama.cpp's
+        """Greedy requests without a grammar or penalties. Those need llama.cpp's
         sampler; sampled requests stay there too, because the engine's numpy sampling over a
         150k vocabulary costs about 2.5 ms a token on this 2-core box, more than drafts win
         back here (the engine itself is exact at any temperature)."""
-        return not params.grammar and params.greedy
+        return not params.grammar and params.greedy and not params.penalized
 
     def generate(
         self,

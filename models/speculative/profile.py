@@ -1,14 +1,20 @@
 """SPS(B): what one verify step of B tokens costs the target on this machine.
 
-Measured once per machine and model (a decode of B tokens after a fixed context, median of
-a few repeats, KV rolled back each time) and cached as JSON under the state dir, because
-the whole scheduling decision rests on its shape: flat on a GPU (B tokens cost about one),
-steep on a small CPU (B tokens cost nearly B).
+Measured once per machine, llama.cpp build and model (a decode of B tokens after a fixed
+context, median of a few repeats, KV rolled back each time) and cached as JSON under the state
+dir, because the whole scheduling decision rests on its shape: flat on a GPU (B tokens cost
+about one), steep on a small CPU (B tokens cost nearly B). The pool measures a quick profile
+(`QUICK_BATCH_SIZES`, `QUICK_REPEATS`: a few seconds) the first time a model loads;
+`aibox models profile` measures the full one. A new llama.cpp build can change kernels, and
+with them both the timings and the exact batch, so the build is part of the cache key.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import statistics
@@ -22,6 +28,9 @@ import numpy as np
 from models.machine import cpu_model
 
 DEFAULT_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
+# enough for the scheduler (it interpolates linearly and drafts at most 16): measured at load
+QUICK_BATCH_SIZES = (1, 2, 4, 8, 16)
+QUICK_REPEATS = 2
 
 
 @dataclass
@@ -35,6 +44,7 @@ class SpsProfile:
     measured_at: float = 0.0
     # largest batch whose rows are bit-identical to one-token decodes (0: not measured)
     exact_batch: int = 0
+    quick: bool = False  # the short profile measured at load, not `aibox models profile`'s
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or len(self.batch_sizes) != len(self.seconds):
@@ -80,12 +90,32 @@ class SpsProfile:
             machine=dict(data.get("machine", {})),
             measured_at=float(data.get("measured_at", 0.0)),
             exact_batch=int(data.get("exact_batch", 0)),
+            quick=bool(data.get("quick", False)),
         )
 
 
 def machine_info(threads: int, backend: str = "llama.cpp-cpu") -> dict:
-    """What makes timings comparable: CPU model, cores, threads used, backend."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "threads": threads, "backend": backend}
+    """What makes timings comparable: CPU model, cores, threads used, backend and its build."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "threads": threads, "backend": backend, "build": llama_build()}
+
+
+@functools.cache
+def llama_build() -> str:
+    """llama-cpp-python's version and a hash of the native libraries it ships: a rebuild with
+    other flags or kernels keeps the version but changes the libraries. Found without
+    importing llama_cpp, which would load them."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return "absent"
+    digest = hashlib.sha256()
+    for lib in sorted((Path(spec.origin).parent / "lib").glob("*.so")):
+        digest.update(lib.name.encode())
+        digest.update(lib.read_bytes())
+    try:
+        version = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"{version}+{digest.hexdigest()[:12]}"
 
 
 def machine_id(info: dict) -> str:
@@ -149,6 +179,7 @@ def measure(
     context: int = 64,
     repeats: int = 5,
     progress: Callable[[int, int], None] | None = None,
+    quick: bool = False,
 ) -> SpsProfile:
     """Time one decode of B tokens on top of `context` tokens, for each B; the cache is left empty."""
     vocab = target.n_vocab
@@ -167,8 +198,13 @@ def measure(
             target.decode(batch)
             runs.append(time.perf_counter() - start)
             target.rollback(context)
-        seconds.append(statistics.median(runs))
+        # Two quick repeats have no robust median: take the faster one, which a stray
+        # interruption cannot inflate. A wider batch never costs less than a narrower one,
+        # so noise must not make verification look cheaper than decoding.
+        cost = min(runs) if quick else statistics.median(runs)
+        seconds.append(max(cost, seconds[-1]) if seconds else cost)
         if progress:
             progress(i + 1, len(batch_sizes))
     exact = exact_batch(target, ctx_tokens[:16], max(batch_sizes))
-    return SpsProfile(list(batch_sizes), seconds, model=model, machine=machine, measured_at=time.time(), exact_batch=exact)
+    return SpsProfile(list(batch_sizes), seconds, model=model, machine=machine, measured_at=time.time(), exact_batch=exact,
+                      quick=quick)
