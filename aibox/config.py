@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aibox.secrets import Secret
+
+
+MCP_SERVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class ConfigError(Exception):
@@ -51,6 +55,10 @@ class RuntimeConfig(_Section):
     state_cache_mb: int = Field(256, ge=0, description="memory for saved chat KV states")
     kv_reuse: bool = Field(True, description="reuse the KV cache of earlier turns (off only to measure it)")
     max_tokens: int = Field(1024, ge=1, description="default completion length")
+
+
+class RouterConfig(_Section):
+    quality_margin: float = Field(5.0, ge=0, le=100, description="points of right answers a model may trail the best measured one for a task kind")
 
 
 class StoreConfig(_Section):
@@ -89,6 +97,74 @@ class AgentsConfig(_Section):
         return v
 
 
+class McpServerConfig(_Section):
+    """One MCP server: a command the box starts (stdio) or a URL it connects to (streamable HTTP)."""
+
+    command: str | None = Field(None, min_length=1, description="program to start; talks MCP over its stdin/stdout")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, Secret] = Field(default_factory=dict, description="extra environment; values may be secret references")
+    url: str | None = Field(None, pattern=r"^https?://", description="a streamable HTTP endpoint, e.g. http://127.0.0.1:8000/mcp")
+    headers: dict[str, Secret] = Field(default_factory=dict, description='HTTP headers; values from the secrets store, e.g. "env:TOKEN"')
+    enabled: bool = True
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="time limit of one tool call")
+    max_result_chars: int = Field(8000, ge=100, description="longer results are cut, with a note saying so")
+    approval: bool = Field(False, description="the owner approves each call of this server's tools")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> "McpServerConfig":
+        if (self.command is None) == (self.url is None):
+            raise ValueError("set either command (stdio) or url (streamable HTTP), not both or neither")
+        if self.url is None and self.headers:
+            raise ValueError("headers are only sent to a url server")
+        if self.url is not None and (self.args or self.env):
+            raise ValueError("args and env are only for a command server")
+        return self
+
+
+class McpConfig(_Section):
+    servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+
+    @field_validator("servers")
+    @classmethod
+    def _names(cls, v: dict[str, McpServerConfig]) -> dict[str, McpServerConfig]:
+        for name in v:
+            if not MCP_SERVER_NAME.match(name):
+                raise ValueError(f"server name {name!r}: use lower-case letters, digits, '-' or '_', starting with a letter")
+        return v
+
+
+class WebFetchConfig(_Section):
+    allow_hosts: list[str] = Field(default_factory=list, description="hosts fetched even on loopback or private addresses")
+    max_bytes: int = Field(2_000_000, ge=1024, description="body bytes read; the rest is cut")
+    max_chars: int = Field(8000, ge=100, description="text handed to the model")
+    timeout_s: float = Field(20.0, gt=0, le=300, description="the whole fetch, redirects included")
+    max_redirects: int = Field(5, ge=0, le=20)
+
+
+class FilesConfig(_Section):
+    max_file_bytes: int = Field(1_000_000, ge=1, description="largest file an agent may write")
+    max_workspace_bytes: int = Field(100_000_000, ge=1, description="all files of one agent's workspace")
+    max_read_chars: int = Field(8000, ge=100, description="text of one read handed to the model")
+
+
+class RunConfig(_Section):
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="wall-clock limit of one run")
+    cpu_s: int = Field(20, ge=1, description="CPU seconds")
+    memory_mb: int = Field(512, ge=16, description="address space")
+    max_processes: int = Field(32, ge=1, description="processes and threads inside the sandbox")
+    max_file_mb: int = Field(50, ge=1, description="largest file a run may write")
+    max_output_chars: int = Field(8000, ge=100, description="stdout and stderr handed back, each")
+    network_agents: list[str] = Field(default_factory=list, description="agents whose runs may use the network")
+    python: str = Field("/usr/bin/python3", description="the interpreter inside the sandbox (the system's, read-only)")
+    sandbox_uid: int = Field(65534, ge=1, description="when the box runs as root, runs drop to this user")
+
+
+class ToolsConfig(_Section):
+    web_fetch: WebFetchConfig = WebFetchConfig()
+    files: FilesConfig = FilesConfig()
+    run: RunConfig = RunConfig()
+
+
 class Config(_Section):
     """Everything the daemon reads from its config file."""
 
@@ -98,10 +174,13 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     store: StoreConfig = StoreConfig()
+    router: RouterConfig = RouterConfig()
     logging: LoggingConfig = LoggingConfig()
     service: ServiceConfig = ServiceConfig()
     connectors: dict[str, dict[str, Any]] = {}
     agents: AgentsConfig = AgentsConfig()
+    mcp: McpConfig = McpConfig()
+    tools: ToolsConfig = ToolsConfig()
     source: Path | None = Field(None, exclude=True)
 
     @field_validator("state_dir", "models_dir")

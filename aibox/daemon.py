@@ -31,9 +31,10 @@ from aibox.api.agents import agent_routes
 from aibox.api.openai import ApiSettings, build_app
 from aibox.api.pairing import pairing_routes
 from aibox.api.router import router_routes
+from aibox.api.ui import UiParts, ui_admin_routes, ui_routes
 from aibox.api.server import EmbeddedServer, bind_tcp, bind_unix, make_server
 from aibox.config import Config, ConfigError, load_config
-from aibox.logs import setup_logging
+from aibox.logs import LOG_FILE, setup_logging
 from aibox.metrics import Metrics
 from aibox.notify import Notifier
 from aibox.router import Router
@@ -42,10 +43,13 @@ from aibox.router.estimator import Estimator, LengthModel
 from aibox.router.fallback import Backends
 from aibox.secrets import SecretError
 from aibox.store import Store
+from aibox.ui.auth import UiAuth
+from aibox.ui.pulls import Pulls
 from aibox.usage import UsageLog
 from connectors.inbox import Inbox
 from connectors.manager import ConnectorManager
 from connectors.outbound import Outbound
+from connectors.web import WebConnector
 from models.catalog import Catalog
 from models.files import is_present
 from models.pool import ModelPool, PoolSettings
@@ -117,6 +121,7 @@ class Daemon:
         self._background: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self.notifier = Notifier()
+        self.ui: UiParts | None = None
 
     def _resolve_api_key(self) -> str | None:
         api = self.config.api
@@ -145,6 +150,7 @@ class Daemon:
             Estimator(LengthModel.load(), store),
             config.default_model,
             Backends(self.catalog, self.pool, remotes, usage),
+            quality_margin=config.router.quality_margin,
         )
         inbox = Inbox(store)
         outbound = Outbound(inbox)
@@ -172,16 +178,19 @@ class Daemon:
         self.notifier.status(f"loading {default.name}")
         await self.pool.worker(default.name)
         api = ApiSettings(self.config.default_model, self.config.runtime.max_tokens, self.config.api.max_body_bytes, self.api_key)
-        app = build_app(api, parts.router, self.catalog, self.metrics, loaded=lambda: self.pool.loaded, ready=lambda: self.ready)
-        await self._serve(app, bind_tcp(self.host, self.port))
+        page = await self._start_page(parts)
+        app = build_app(api, parts.router, self.catalog, self.metrics, loaded=lambda: self.pool.loaded, ready=lambda: self.ready,
+                        extra_routes=ui_routes(page) if page else ())
+        await self._serve(app, bind_tcp(self.host, self.port), "HTTP API")
         api_sock = self._servers[-1].servers[0].sockets[0]
         self.api_address = api_sock.getsockname()[:2]
         admin_routes = [
             *pairing_routes(parts.connectors),
             *agent_routes(parts.registry, parts.jobs, self.sync_schedules),
             *router_routes(parts.router),
+            *(ui_admin_routes(page.auth, self._api_url) if page else ()),
         ]
-        await self._serve(build_admin_app(self.status, self.catalog, self.pool, admin_routes), bind_unix(self.config.admin_socket))
+        await self._serve(build_admin_app(self.status, self.catalog, self.pool, admin_routes), bind_unix(self.config.admin_socket), "admin socket")
         self._tasks.append(asyncio.create_task(self._reap_idle_models(), name="reap-idle"))
         keep = timedelta(days=self.config.agents.inbox_retention_days)
         self._tasks.append(asyncio.create_task(parts.inbox.prune_daily(keep), name="inbox-prune"))
@@ -196,8 +205,30 @@ class Daemon:
         self.ready = True
         log.info("ready", extra={"api": f"http://{self.api_address[0]}:{self.api_address[1]}", "version": __version__})
 
-    async def _serve(self, app: Any, sock: Any) -> None:
-        server = make_server(app, graceful_s=self.grace_s)
+    async def _start_page(self, parts: Parts) -> UiParts | None:
+        """The box's own page and its web chat (aibox/api/ui.py), on the API's port when
+        that is loopback only: a network listener gets neither (put a TLS reverse proxy on
+        this host in front of the loopback API instead)."""
+        if not self.config.api.model_copy(update={"host": self.host}).is_loopback():
+            log.info("the page under /ui/ is off: the API does not listen on loopback only")
+            return None
+        web = WebConnector()
+        await web.start(parts.connectors.gateway.attach(web, web.settings))
+        config = self.config
+        self.ui = UiParts(
+            UiAuth(), self.status, parts.store, self.catalog, config.models_path, config.state_path, config.threads,
+            parts.connectors, web, parts.registry, parts.jobs, self.sync_schedules, Pulls(config.models_path),
+            config.logs_path / LOG_FILE,
+        )
+        return self.ui
+
+    def _api_url(self) -> str:
+        assert self.api_address is not None
+        host, port = self.api_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def _serve(self, app: Any, sock: Any, label: str) -> None:
+        server = make_server(app, label, graceful_s=self.grace_s)
         self._servers.append(server)
         self._tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
         while not server.started:
@@ -273,6 +304,11 @@ class Daemon:
             self.parts.runner.settings = runner_settings(new)
             await asyncio.to_thread(self.parts.registry.reload)
             self.sync_schedules()
+            try:
+                if restart := self.parts.connectors.reload(new):
+                    log.warning("changed connector settings apply after a restart", extra={"connectors": restart})
+            except ConfigError as e:
+                log.error("connector settings not reloaded", extra={"error": str(e)})
         log.info("config reloaded", extra={"source": str(new.source) if new.source else None})
         self.notifier.ready(status=self._status_line())
 
@@ -284,6 +320,8 @@ class Daemon:
             await parts.jobs.shutdown()
             await parts.connectors.stop()
             await parts.router.close()
+        if self.ui is not None:
+            await self.ui.close()
         for server in self._servers:
             server.should_exit = True
         for task in self._tasks:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from aibox.cli.common import EXIT_NOINPUT, console, err_console, fail, get_config
+from aibox.cli.common import EXIT_DATAERR, EXIT_NOINPUT, console, err_console, fail, get_config
 from aibox.cli.models import card_or_fail
 from models.files import is_present
 
@@ -165,7 +165,8 @@ def router(
             fail(f"{name} is not on this box; run `aibox models pull {name}`", EXIT_NOINPUT)
     with console.status("benchmarking the router") as status:
         result = bench_router(config.models_path, threads or config.threads, quick, max_tokens, mean_gap_s,
-                              progress=lambda m: status.update(m))
+                              progress=lambda m: status.update(m),
+                              quality_from=config.store_url if config.state_path.exists() else None)
     write_json(json, result)
     acc = result["accuracy"]
     p = result["prompts"]
@@ -178,5 +179,81 @@ def router(
                       f"{r['mean_ttft_s']:.2f}", f"{r['p95_ttft_s']:.2f}", f"{r['short_p95_ttft_s']:.2f}",
                       ", ".join(f"{m}: {k}" for m, k in r["models"].items()))
     console.print(table)
+    q = result["quality"]
+    console.print(f"held-out evaluation items: {q['items']} (measured quality rows from this box: {q['measured_rows_copied']})")
+    table = Table("policy", "right answers", "mean total s", "p95 total s", "short p95 TTFT s", "models used")
+    for policy, r in q["results"].items():
+        table.add_row(policy, f"{r['right']} / {r['requests']} ({r['right_pct']:.0f}%)", f"{r['mean_total_s']:.1f}",
+                      f"{r['p95_total_s']:.1f}", f"{r['short_p95_ttft_s']:.2f}",
+                      ", ".join(f"{m}: {k}" for m, k in r["models"].items()))
+    console.print(table)
     for target, met in result["targets"].items():
         console.print(f"{target}: {'met' if met else 'NOT met'}")
+
+
+@app.command("train-step")
+def train_step(
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", "-m", help="Target model (default: the default model)."),
+    data: Path = typer.Option(None, "--data", help="Prepared data (default: <state dir>/bench/train-step/MODEL; prepared if missing)."),
+    prompts: int = typer.Option(30, min=2, help="Shipped training prompts the target answers for the data."),
+    steps: int = typer.Option(60, min=3, help="Steps of each run on 2 threads (loss curve, seconds per step)."),
+    one_thread_steps: int = typer.Option(10, min=3, help="Steps of each run on 1 thread (seconds per step)."),
+    json: Path = typer.Option(None, "--json", help="Also write the full results to this JSON file."),
+) -> None:
+    """DSpark training step: the old exact fp32 step vs cached top-k + bf16, same data and start."""
+    from aibox.bench.train_step import bench_train_step
+    from models.files import model_path
+
+    config = get_config(ctx)
+    card = card_or_fail(config, model or config.default_model)
+    if not card.is_local or not is_present(card, config.models_path):
+        fail(f"{card.name} is not a local model on this box; run `aibox models pull {card.name}`", EXIT_NOINPUT)
+    data = data or config.state_path / "bench" / "train-step" / card.name
+    with console.status("benchmarking") as status:
+        try:
+            result = bench_train_step(model_path(card, config.models_path), data, prompts=prompts, steps=steps,
+                                      one_thread_steps=one_thread_steps, progress=lambda m: status.update(m))
+        except ValueError as e:
+            fail(str(e), EXIT_DATAERR)
+    write_json(json, result)
+    console.print(f"{card.name} on {result['machine']['summary']}: {result['prompts']} prompts, {result['answer_tokens']} answer "
+                  f"tokens, top-{result['top_k']}, {result['settings']}")
+    table = Table("step", "s/step 1 thread", "s/step 2 threads", f"CE per {result['ce_window']} steps", f"exact loss after {steps}", "τ est.")
+    for name in ("old", "new"):
+        r = result[name]
+        table.add_row(f"{name} ({r['loss_path']}, {'bf16' if r['bf16'] else 'fp32'})", f"{r['seconds_per_step_1_thread']:.3f}",
+                      f"{r['seconds_per_step_2_threads']:.3f}", " ".join(f"{c:.2f}" for c in r["ce_curve"]),
+                      f"{r['exact_loss_after']:.4f}", f"{r['tau_est_after']:.2f}")
+    console.print(table)
+    console.print(f"speed-up: {result['speedup_1_thread']:.2f}x on 1 thread, {result['speedup_2_threads']:.2f}x on 2 "
+                  f"(target >= 3x); exact loss new/old {result['exact_loss_ratio']:.3f}")
+
+
+@app.command("bad-input")
+def bad_input(
+    ctx: typer.Context,
+    json: Path = typer.Option(None, "--json", help="Also write the full results to this JSON file."),
+) -> None:
+    """A fixed list of malformed API requests against a fresh daemon: each must get a 4xx JSON error, none a 5xx."""
+    from rich.progress import Progress
+
+    from aibox.bench.bad_input import CASES, bench_bad_input
+
+    config = get_config(ctx)
+    card = card_or_fail(config, config.default_model)
+    if not is_present(card, config.models_path):
+        fail(f"{card.name} is not on this box; run `aibox models pull {card.name}`", EXIT_NOINPUT)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("malformed requests", total=len(CASES))
+        result = bench_bad_input(config.models_path, progress=lambda done: bar.update(task, completed=done))
+    write_json(json, result)
+    table = Table("request", "status", "code", "expected")
+    for r in result["results"]:
+        mark = "" if r["as_expected"] else "  <- unexpected"
+        table.add_row(r["request"], str(r["status"]), str(r["code"]), r["expected"] + mark)
+    console.print(table)
+    console.print(f"{result['requests']} malformed requests: {result['server_errors']} answered 5xx, "
+                  f"{result['not_json']} without a JSON error, {result['unexpected']} not as expected")
+    if result["server_errors"] or result["not_json"] or result["unexpected"]:
+        raise typer.Exit(1)

@@ -10,6 +10,7 @@ from aibox.cli import backup, doctor, logs, security, service
 from aibox.cli import pairing
 from aibox.cli import agents, route
 from aibox.cli import draft
+from aibox.cli import ui
 
 app = typer.Typer(
     name="aibox",
@@ -49,6 +50,7 @@ app.add_typer(agents.app, name="agents")
 app.add_typer(agents.jobs_app, name="jobs")
 app.add_typer(draft.app, name="draft")
 app.command("route")(route.route)
+app.add_typer(ui.app, name="ui")
 
 
 def main() -> None:
